@@ -1,0 +1,1 @@
+// Placeholder translation unit for a library area that has no sources yet.

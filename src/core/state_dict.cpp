@@ -1,0 +1,206 @@
+#include "combo/core/state_dict.h"
+
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <unistd.h>
+
+#include "combo/core/check.h"
+
+namespace combo {
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << "]";
+  return os.str();
+}
+
+std::string explain_unpickling_error(const std::string& path, const std::string& what) {
+  std::string hint;
+  if (what.find("Unknown opcode") != std::string::npos && what.find("0x73") != std::string::npos) {
+    hint =
+        " The file contains a one-entry dict written with the pickle opcode SETITEM, which "
+        "LibTorch 1.13 cannot read. Rewrite it with tools/convert_checkpoint.py (it writes plain "
+        "dicts with SETITEMS only).";
+  } else if (what.find("OrderedDict") != std::string::npos ||
+             what.find("None") != std::string::npos ||
+             what.find("collections") != std::string::npos) {
+    hint =
+        " The file probably holds a Python OrderedDict (what module.state_dict() returns), which "
+        "LibTorch 1.13 cannot read. Convert it with tools/convert_checkpoint.py, or save "
+        "dict(state_dict) from Python.";
+  } else {
+    hint = " Is it a file written by torch.save? tools/convert_checkpoint.py converts .pkl/.pth "
+           "checkpoints to a plain name -> tensor dict.";
+  }
+  // The LibTorch message carries a C++ backtrace after the first line; keep only the first line.
+  std::string first = what.substr(0, what.find('\n'));
+  return str_cat("cannot read '", path, "': ", first, ".", hint);
+}
+
+void flatten_into(const c10::IValue& value, const std::string& prefix, bool skip, TensorDict& out) {
+  if (value.isTensor()) {
+    COMBO_CHECK(!prefix.empty(), "state dict: the root is a tensor, expected a dict of tensors");
+    out[prefix] = value.toTensor();
+    return;
+  }
+  if (value.isGenericDict()) {
+    for (const auto& kv : value.toGenericDict()) {
+      COMBO_CHECK(kv.key().isString(), "state dict: key under '", prefix,
+                  "' is not a string (", kv.key().tagKind(), ")");
+      const std::string name =
+          prefix.empty() ? kv.key().toStringRef() : prefix + "." + kv.key().toStringRef();
+      flatten_into(kv.value(), name, skip, out);
+    }
+    return;
+  }
+  COMBO_CHECK(skip, "state dict: key '", prefix, "' holds a ", value.tagKind(),
+              ", expected a tensor or a dict");
+}
+
+}  // namespace
+
+c10::IValue load_pickle_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  COMBO_CHECK(f.good(), "cannot open '", path, "': ", std::strerror(errno));
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  COMBO_CHECK(!bytes.empty(), "cannot read '", path, "': the file is empty");
+  try {
+    return torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    throw Error(explain_unpickling_error(path, e.what()));
+  } catch (const std::exception& e) {
+    throw Error(explain_unpickling_error(path, e.what()));
+  }
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  COMBO_CHECK(f != nullptr, "cannot write '", path, "': ", std::strerror(errno));
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  ok = ok && std::fflush(f) == 0;
+  ok = ok && ::fsync(::fileno(f)) == 0;
+  const int err = errno;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    COMBO_FAIL("cannot write '", path, "': ", std::strerror(err), " (the previous file is kept)");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int rerr = errno;
+    std::remove(tmp.c_str());
+    COMBO_FAIL("cannot write '", path, "': rename failed: ", std::strerror(rerr));
+  }
+}
+
+void save_pickle_file(const std::string& path, const c10::IValue& value) {
+  std::vector<char> bytes = torch::pickle_save(value);
+  write_file_atomic(path, std::string(bytes.begin(), bytes.end()));
+}
+
+TensorDict flatten_tensor_dict(const c10::IValue& value, const std::string& prefix,
+                               bool skip_non_tensors) {
+  TensorDict out;
+  flatten_into(value, prefix, skip_non_tensors, out);
+  return out;
+}
+
+c10::IValue to_ivalue(const TensorDict& dict) {
+  c10::Dict<std::string, at::Tensor> d;
+  for (const auto& [k, v] : dict) d.insert(k, v);
+  return d;
+}
+
+TensorDict load_state_dict(const std::string& path, const std::string& key) {
+  c10::IValue root = load_pickle_file(path);
+  if (!key.empty()) {
+    COMBO_CHECK(root.isGenericDict(), "'", path, "': expected a dict at the root to read key '",
+                key, "', got ", root.tagKind());
+    auto dict = root.toGenericDict();
+    auto it = dict.find(c10::IValue(key));
+    COMBO_CHECK(it != dict.end(), "'", path, "': no key '", key, "' at the root");
+    root = it->value();
+  }
+  try {
+    return flatten_tensor_dict(root);
+  } catch (const Error& e) {
+    throw Error(str_cat("'", path, "': ", e.what()));
+  }
+}
+
+void save_state_dict(const std::string& path, const TensorDict& dict) {
+  save_pickle_file(path, to_ivalue(dict));
+}
+
+TensorDict module_state_dict(const torch::nn::Module& module) {
+  TensorDict out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out[p.key()] = p.value();
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out[b.key()] = b.value();
+  return out;
+}
+
+std::string LoadReport::to_string() const {
+  std::ostringstream os;
+  os << "loaded " << loaded << " tensors";
+  if (!missing.empty()) {
+    os << "\n  missing keys (" << missing.size() << "):";
+    for (const auto& k : missing) os << "\n    " << k;
+  }
+  if (!unexpected.empty()) {
+    os << "\n  unexpected keys (" << unexpected.size() << "):";
+    for (const auto& k : unexpected) os << "\n    " << k;
+  }
+  if (!mismatched.empty()) {
+    os << "\n  shape mismatches (" << mismatched.size() << "):";
+    for (const auto& m : mismatched)
+      os << "\n    " << m.key << ": model " << shape_str(m.expected) << ", file "
+         << shape_str(m.got);
+  }
+  return os.str();
+}
+
+LoadReport load_state_dict_into(torch::nn::Module& module, const TensorDict& dict,
+                                const LoadOptions& options) {
+  auto ignored = [&](const std::string& k) {
+    for (const auto& p : options.ignore_prefixes)
+      if (k.rfind(p, 0) == 0) return true;
+    return false;
+  };
+  TensorDict target = module_state_dict(module);
+  LoadReport report;
+  for (const auto& [k, t] : target) {
+    auto it = dict.find(k);
+    if (it == dict.end()) {
+      report.missing.push_back(k);
+    } else if (!it->second.sizes().equals(t.sizes())) {
+      report.mismatched.push_back({k, t.sizes().vec(), it->second.sizes().vec()});
+    }
+  }
+  for (const auto& [k, t] : dict) {
+    if (!ignored(k) && target.find(k) == target.end()) report.unexpected.push_back(k);
+  }
+  if (options.strict && !report.clean()) {
+    COMBO_FAIL("strict load of ", options.source, " into ", module.name(), " failed: ",
+               report.to_string());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [k, t] : target) {
+    auto it = dict.find(k);
+    if (it == dict.end() || !it->second.sizes().equals(t.sizes())) continue;
+    t.copy_(it->second);
+    ++report.loaded;
+  }
+  return report;
+}
+
+}  // namespace combo

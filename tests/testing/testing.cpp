@@ -1,0 +1,167 @@
+#include "testing.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <sstream>
+
+#include "combo/core/check.h"
+#include "combo/core/env.h"
+
+namespace fs = std::filesystem;
+
+namespace combo::testing {
+
+void SeededTest::SetUp() { combo::seed_everything(0); }
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 && b.numel() == 0) return 0.0;
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+double rel_error(const at::Tensor& ref, const at::Tensor& got) {
+  if (ref.numel() == 0) return 0.0;
+  const double scale = std::max(1.0, ref.to(torch::kFloat64).abs().max().item<double>());
+  return max_abs_diff(ref, got) / scale;
+}
+
+namespace {
+::testing::AssertionResult same_shape(const at::Tensor& ref, const at::Tensor& got) {
+  if (!ref.defined() || !got.defined())
+    return ::testing::AssertionFailure() << "undefined tensor";
+  if (!ref.sizes().equals(got.sizes()))
+    return ::testing::AssertionFailure()
+           << "shape mismatch: expected " << ref.sizes() << ", got " << got.sizes();
+  return ::testing::AssertionSuccess();
+}
+}  // namespace
+
+::testing::AssertionResult tensors_near_abs(const at::Tensor& ref, const at::Tensor& got,
+                                            double tol) {
+  auto s = same_shape(ref, got);
+  if (!s) return s;
+  const double d = max_abs_diff(ref, got);
+  if (d <= tol) return ::testing::AssertionSuccess() << "max abs diff " << d;
+  return ::testing::AssertionFailure() << "max abs diff " << d << " > " << tol;
+}
+
+::testing::AssertionResult tensors_near_rel(const at::Tensor& ref, const at::Tensor& got,
+                                            double tol) {
+  auto s = same_shape(ref, got);
+  if (!s) return s;
+  const double d = rel_error(ref, got);
+  if (d <= tol) return ::testing::AssertionSuccess() << "rel error " << d;
+  return ::testing::AssertionFailure() << "rel error " << d << " > " << tol
+                                       << " (max abs diff " << max_abs_diff(ref, got) << ")";
+}
+
+::testing::AssertionResult tensors_equal(const at::Tensor& ref, const at::Tensor& got) {
+  auto s = same_shape(ref, got);
+  if (!s) return s;
+  if (ref.scalar_type() != got.scalar_type())
+    return ::testing::AssertionFailure()
+           << "dtype mismatch: " << ref.scalar_type() << " vs " << got.scalar_type();
+  if (torch::equal(ref, got)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "tensors differ, max abs diff " << max_abs_diff(ref, got);
+}
+
+fs::path source_dir() { return fs::path(COMBO_SOURCE_DIR); }
+fs::path binary_dir() { return fs::path(COMBO_BINARY_DIR); }
+
+std::optional<fs::path> reference_dir() {
+  fs::path dir;
+  if (const char* env = std::getenv("COMBO_REFERENCE_DIR"); env && *env) {
+    dir = env;
+  } else {
+    dir = source_dir().parent_path() / "shared" / "fixtures" / "reference";
+  }
+  if (fs::is_directory(dir)) return dir;
+  return std::nullopt;
+}
+
+Fixture::Fixture(const fs::path& file) : path_(file), root_(combo::load_pickle_file(file)) {}
+
+c10::IValue Fixture::value(const std::string& key_path) const {
+  c10::IValue cur = root_;
+  std::stringstream ss(key_path);
+  std::string part;
+  std::string walked;
+  while (std::getline(ss, part, '/')) {
+    COMBO_CHECK(cur.isGenericDict(), path_.string(), ": '", walked, "' is not a dict");
+    auto dict = cur.toGenericDict();
+    auto it = dict.find(c10::IValue(part));
+    COMBO_CHECK(it != dict.end(), path_.string(), ": no key '", key_path, "' (missing '", part,
+                "')");
+    cur = it->value();
+    walked += (walked.empty() ? "" : "/") + part;
+  }
+  return cur;
+}
+
+bool Fixture::has(const std::string& key_path) const {
+  try {
+    value(key_path);
+    return true;
+  } catch (const combo::Error&) {
+    return false;
+  }
+}
+
+at::Tensor Fixture::tensor(const std::string& key_path) const {
+  auto v = value(key_path);
+  COMBO_CHECK(v.isTensor(), path_.string(), ": '", key_path, "' is not a tensor");
+  return v.toTensor();
+}
+
+int64_t Fixture::integer(const std::string& key_path) const {
+  return tensor(key_path).item<int64_t>();
+}
+
+combo::TensorDict Fixture::tensors(const std::string& key_path) const {
+  return combo::flatten_tensor_dict(value(key_path));
+}
+
+combo::TensorDict Fixture::state_dict() const {
+  combo::TensorDict out = tensors("state_dict");
+  if (has("state_dict_kron")) {
+    for (const auto& kv : value("state_dict_kron").toGenericDict()) {
+      auto ab = kv.value().toGenericDict();
+      out[kv.key().toStringRef()] =
+          torch::kron(ab.at("a").toTensor(), ab.at("b").toTensor()).contiguous();
+    }
+  }
+  return out;
+}
+
+std::optional<Fixture> load_fixture(const std::string& name, std::string* reason) {
+  auto dir = reference_dir();
+  if (!dir) {
+    *reason = "golden fixtures not found (set COMBO_REFERENCE_DIR or provide "
+              "../shared/fixtures/reference); skipping parity test";
+    return std::nullopt;
+  }
+  fs::path file = *dir / name;
+  if (!fs::exists(file)) {
+    *reason = "fixture " + file.string() + " not present; skipping parity test";
+    return std::nullopt;
+  }
+  return Fixture(file);
+}
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
+  path_ = fs::temp_directory_path() /
+          ("combo_test_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" +
+           std::to_string(counter++));
+  fs::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+}  // namespace combo::testing

@@ -1,0 +1,94 @@
+#pragma once
+/// Helpers shared by every ComboAVS test: seeding fixture, tensor closeness, golden fixtures,
+/// temporary folders.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "combo/core/state_dict.h"
+
+namespace combo::testing {
+
+/// Seeds every RNG with 0 and uses all cores; derive test fixtures from it.
+class SeededTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+};
+
+/// max |a - b| (shapes must match; dtypes are compared in float64).
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+/// The fixtures' relative error: max|ref - got| / max(1, max|ref|).
+double rel_error(const at::Tensor& ref, const at::Tensor& got);
+
+::testing::AssertionResult tensors_near_abs(const at::Tensor& ref, const at::Tensor& got,
+                                            double tol);
+::testing::AssertionResult tensors_near_rel(const at::Tensor& ref, const at::Tensor& got,
+                                            double tol);
+::testing::AssertionResult tensors_equal(const at::Tensor& ref, const at::Tensor& got);
+
+#define EXPECT_TENSOR_NEAR_ABS(ref, got, tol) \
+  EXPECT_TRUE(::combo::testing::tensors_near_abs((ref), (got), (tol)))
+#define EXPECT_TENSOR_NEAR_REL(ref, got, tol) \
+  EXPECT_TRUE(::combo::testing::tensors_near_rel((ref), (got), (tol)))
+#define EXPECT_TENSOR_EQ(ref, got) EXPECT_TRUE(::combo::testing::tensors_equal((ref), (got)))
+
+/// The golden-fixture folder: $COMBO_REFERENCE_DIR, else ../shared/fixtures/reference beside
+/// the checkout. Empty when it does not exist.
+std::optional<std::filesystem::path> reference_dir();
+
+/// One golden fixture file (see shared/fixtures/reference/README.md). Paths use '/' to walk
+/// nested dicts: fx.tensor("inputs/x").
+class Fixture {
+ public:
+  explicit Fixture(const std::filesystem::path& file);
+  const std::filesystem::path& path() const { return path_; }
+  bool has(const std::string& key_path) const;
+  c10::IValue value(const std::string& key_path) const;
+  at::Tensor tensor(const std::string& key_path) const;
+  int64_t integer(const std::string& key_path) const;
+  /// Every tensor below a key path, flattened with '/' removed: names are the dict keys.
+  combo::TensorDict tensors(const std::string& key_path) const;
+  /// `state_dict` united with `state_dict_kron` (each {a, b} entry expanded with torch::kron).
+  combo::TensorDict state_dict() const;
+
+ private:
+  std::filesystem::path path_;
+  c10::IValue root_;
+};
+
+/// Loads <reference_dir>/<name>, or returns nullopt with `reason` set when it is absent.
+std::optional<Fixture> load_fixture(const std::string& name, std::string* reason);
+
+/// Skips the current test (printing why) unless the fixture exists; binds it to `var`.
+#define COMBO_LOAD_FIXTURE_OR_SKIP(var, name)                               \
+  std::string var##_skip_reason;                                            \
+  auto var##_opt = ::combo::testing::load_fixture((name), &var##_skip_reason); \
+  if (!var##_opt) {                                                         \
+    std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;      \
+    GTEST_SKIP() << var##_skip_reason;                                      \
+  }                                                                         \
+  const ::combo::testing::Fixture& var = *var##_opt
+
+/// A fresh empty folder under the build tree, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// The project's source directory (for configs and scripts).
+std::filesystem::path source_dir();
+/// The build directory (for executables).
+std::filesystem::path binary_dir();
+
+}  // namespace combo::testing
