@@ -3,13 +3,13 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <unistd.h>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
-#include <unistd.h>
 
 #include "combo/core/check.h"
 
@@ -39,8 +39,9 @@ std::string explain_unpickling_error(const std::string& path, const std::string&
         "LibTorch 1.13 cannot read. Convert it with tools/convert_checkpoint.py, or save "
         "dict(state_dict) from Python.";
   } else {
-    hint = " Is it a file written by torch.save? tools/convert_checkpoint.py converts .pkl/.pth "
-           "checkpoints to a plain name -> tensor dict.";
+    hint =
+        " Is it a file written by torch.save? tools/convert_checkpoint.py converts .pkl/.pth "
+        "checkpoints to a plain name -> tensor dict.";
   }
   // The LibTorch message carries a C++ backtrace after the first line; keep only the first line.
   std::string first = what.substr(0, what.find('\n'));
@@ -55,8 +56,8 @@ void flatten_into(const c10::IValue& value, const std::string& prefix, bool skip
   }
   if (value.isGenericDict()) {
     for (const auto& kv : value.toGenericDict()) {
-      COMBO_CHECK(kv.key().isString(), "state dict: key under '", prefix,
-                  "' is not a string (", kv.key().tagKind(), ")");
+      COMBO_CHECK(kv.key().isString(), "state dict: key under '", prefix, "' is not a string (",
+                  kv.key().tagKind(), ")");
       const std::string name =
           prefix.empty() ? kv.key().toStringRef() : prefix + "." + kv.key().toStringRef();
       flatten_into(kv.value(), name, skip, out);
@@ -190,8 +191,8 @@ LoadReport load_state_dict_into(torch::nn::Module& module, const TensorDict& dic
     if (!ignored(k) && target.find(k) == target.end()) report.unexpected.push_back(k);
   }
   if (options.strict && !report.clean()) {
-    COMBO_FAIL("strict load of ", options.source, " into ", module.name(), " failed: ",
-               report.to_string());
+    COMBO_FAIL("strict load of ", options.source, " into ", module.name(),
+               " failed: ", report.to_string());
   }
   torch::NoGradGuard no_grad;
   for (auto& [k, t] : target) {

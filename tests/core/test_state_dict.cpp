@@ -116,9 +116,7 @@ TEST(StateDictTest, MissingAndCorruptFilesNameTheFile) {
   }
   msg = expect_error([&] { combo::load_state_dict(dir.file("junk.pt")); });
   EXPECT_NE(msg.find("junk.pt"), std::string::npos) << msg;
-  {
-    std::ofstream f(dir.file("empty.pt"), std::ios::binary);
-  }
+  { std::ofstream f(dir.file("empty.pt"), std::ios::binary); }
   msg = expect_error([&] { combo::load_state_dict(dir.file("empty.pt")); });
   EXPECT_NE(msg.find("empty"), std::string::npos) << msg;
 }
@@ -137,8 +135,9 @@ TEST(StateDictTest, AtomicWriteReplacesAndLeavesNoTemporary) {
   }
   EXPECT_EQ(files, 1);
   // An unwritable target is a clear error and the old file stays intact.
-  auto msg = expect_error(
-      [&] { combo::save_state_dict(dir.file("no_such_dir/ckpt.pt"), {{"a", torch::ones({1})}}); });
+  auto msg = expect_error([&] {
+    combo::save_state_dict(dir.file("no_such_dir/ckpt.pt"), {{"a", torch::ones({1})}});
+  });
   EXPECT_NE(msg.find("no_such_dir"), std::string::npos) << msg;
 }
 

@@ -29,8 +29,7 @@ double rel_error(const at::Tensor& ref, const at::Tensor& got) {
 
 namespace {
 ::testing::AssertionResult same_shape(const at::Tensor& ref, const at::Tensor& got) {
-  if (!ref.defined() || !got.defined())
-    return ::testing::AssertionFailure() << "undefined tensor";
+  if (!ref.defined() || !got.defined()) return ::testing::AssertionFailure() << "undefined tensor";
   if (!ref.sizes().equals(got.sizes()))
     return ::testing::AssertionFailure()
            << "shape mismatch: expected " << ref.sizes() << ", got " << got.sizes();
@@ -53,8 +52,8 @@ namespace {
   if (!s) return s;
   const double d = rel_error(ref, got);
   if (d <= tol) return ::testing::AssertionSuccess() << "rel error " << d;
-  return ::testing::AssertionFailure() << "rel error " << d << " > " << tol
-                                       << " (max abs diff " << max_abs_diff(ref, got) << ")";
+  return ::testing::AssertionFailure()
+         << "rel error " << d << " > " << tol << " (max abs diff " << max_abs_diff(ref, got) << ")";
 }
 
 ::testing::AssertionResult tensors_equal(const at::Tensor& ref, const at::Tensor& got) {
@@ -138,8 +137,9 @@ combo::TensorDict Fixture::state_dict() const {
 std::optional<Fixture> load_fixture(const std::string& name, std::string* reason) {
   auto dir = reference_dir();
   if (!dir) {
-    *reason = "golden fixtures not found (set COMBO_REFERENCE_DIR or provide "
-              "../shared/fixtures/reference); skipping parity test";
+    *reason =
+        "golden fixtures not found (set COMBO_REFERENCE_DIR or provide "
+        "../shared/fixtures/reference); skipping parity test";
     return std::nullopt;
   }
   fs::path file = *dir / name;
@@ -153,9 +153,8 @@ std::optional<Fixture> load_fixture(const std::string& name, std::string* reason
 TempDir::TempDir() {
   static std::atomic<int> counter{0};
   const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-  path_ = fs::temp_directory_path() /
-          ("combo_test_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" +
-           std::to_string(counter++));
+  path_ = fs::temp_directory_path() / ("combo_test_" + std::to_string(::getpid()) + "_" +
+                                       std::to_string(stamp) + "_" + std::to_string(counter++));
   fs::create_directories(path_);
 }
 

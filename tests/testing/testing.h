@@ -63,13 +63,13 @@ class Fixture {
 std::optional<Fixture> load_fixture(const std::string& name, std::string* reason);
 
 /// Skips the current test (printing why) unless the fixture exists; binds it to `var`.
-#define COMBO_LOAD_FIXTURE_OR_SKIP(var, name)                               \
-  std::string var##_skip_reason;                                            \
+#define COMBO_LOAD_FIXTURE_OR_SKIP(var, name)                                  \
+  std::string var##_skip_reason;                                               \
   auto var##_opt = ::combo::testing::load_fixture((name), &var##_skip_reason); \
-  if (!var##_opt) {                                                         \
-    std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;      \
-    GTEST_SKIP() << var##_skip_reason;                                      \
-  }                                                                         \
+  if (!var##_opt) {                                                            \
+    std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;         \
+    GTEST_SKIP() << var##_skip_reason;                                         \
+  }                                                                            \
   const ::combo::testing::Fixture& var = *var##_opt
 
 /// A fresh empty folder under the build tree, removed when the object dies.

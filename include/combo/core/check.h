@@ -37,12 +37,12 @@ std::string str_cat(Args&&... args) {
 
 }  // namespace combo
 
-#define COMBO_CHECK(cond, ...)                                                        \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      ::combo::detail::throw_error(__FILE__, __LINE__,                                \
-                                   ::combo::detail::concat("", ##__VA_ARGS__));       \
-    }                                                                                 \
+#define COMBO_CHECK(cond, ...)                                                  \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      ::combo::detail::throw_error(__FILE__, __LINE__,                          \
+                                   ::combo::detail::concat("", ##__VA_ARGS__)); \
+    }                                                                           \
   } while (false)
 
 #define COMBO_FAIL(...) \

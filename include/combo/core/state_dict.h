@@ -2,8 +2,8 @@
 /// State-dict files in the format of Python's `torch.save` (readable by `torch.load`), and
 /// loading name -> tensor dicts into modules with a report of missing, unexpected and
 /// shape-mismatched keys.
-#include <ATen/core/ivalue.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
 
 #include <map>
 #include <string>
