@@ -32,7 +32,7 @@ TEST(EnvTest, RuntimeInfoDescribesTheBuild) {
             std::string::npos);
 }
 
-TEST(CheckTest, MessageCarriesValuesAndLocation) {
+TEST(CheckTest, MessageCarriesTheValues) {
   try {
     const int got = 3;
     COMBO_CHECK(got == 4, "expected 4 maps, got ", got);
@@ -40,6 +40,6 @@ TEST(CheckTest, MessageCarriesValuesAndLocation) {
   } catch (const combo::Error& e) {
     std::string msg = e.what();
     EXPECT_NE(msg.find("expected 4 maps, got 3"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("test_env.cpp"), std::string::npos) << msg;
+    EXPECT_EQ(msg, "expected 4 maps, got 3");
   }
 }

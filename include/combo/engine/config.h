@@ -1,0 +1,200 @@
+#pragma once
+/// Typed configuration: defaults in code, YAML files on top (with `_base_` inheritance), then
+/// `key.path=value` overrides from the command line. Field names are the config keys
+/// (`model.decoder.num_queries` is `Config::model.decoder.num_queries`).
+///
+/// Load order (later wins): defaults -> each `_base_` file (recursively, in list order) -> the
+/// file itself -> command-line overrides. Unknown keys, wrong types, values outside a field's
+/// choices, missing base files and `_base_` cycles are errors naming the key path and the file.
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace combo::engine {
+
+struct BackboneConfig {
+  std::string name = "pvt_v2_b5";  ///< pvt_v2_b0..pvt_v2_b5 | resnet50
+  double drop_path_rate = 0.1;     ///< PVT stochastic depth (linspace over all blocks)
+  std::string weights;             ///< ImageNet state dict loaded into both encoders ("" = none)
+};
+
+struct PreSamConfig {
+  bool enabled = true;  ///< Siam-Encoder (Maskige branch); false = the "no SEM" ablation
+  bool shared = false;  ///< one encoder for frames and Maskiges (official: two separate copies)
+};
+
+struct AudioConfig {
+  std::string weights;  ///< VGGish state dict ("" = random, for tests and demos)
+  bool freeze = true;   ///< VGGish weights frozen (official)
+  int64_t dim = 128;    ///< VGGish embedding size
+};
+
+struct PixelDecoderConfig {
+  int64_t conv_dim = 256;
+  int64_t mask_dim = 256;
+  int64_t enc_layers = 6;
+  int64_t n_heads = 8;
+  int64_t n_points = 4;
+  int64_t dim_feedforward = 1024;
+  double dropout = 0.0;
+};
+
+struct FusionConfig {
+  std::string type = "bidirectional";  ///< bidirectional | visual_to_audio | audio_only | none
+  std::string placement = "late";      ///< late (after the pixel decoder) | early (on backbone maps)
+  int64_t n_heads = 8;
+  double dropout = 0.1;
+  double layer_scale_init = 1e-4;
+};
+
+struct DecoderConfig {
+  int64_t num_queries = 100;
+  int64_t hidden_dim = 256;
+  int64_t n_heads = 8;
+  int64_t dim_feedforward = 2048;
+  int64_t dec_layers = 10;  ///< official meaning: dec_layers - 1 decoder layers
+  bool pre_norm = false;
+  double dropout = 0.0;
+  std::string audio_query_layout = "official";  ///< official (COMBO_SPEC 6.3 index map) | per_frame
+};
+
+struct ModelConfig {
+  BackboneConfig backbone;
+  PreSamConfig pre_sam;
+  AudioConfig audio;
+  PixelDecoderConfig pixel_decoder;
+  FusionConfig fusion;
+  DecoderConfig decoder;
+  int64_t num_classes = 2;  ///< real classes: 2 for S4/MS3, 71 for AVSS
+  std::vector<double> pixel_mean = {123.675, 116.280, 103.530};
+  std::vector<double> pixel_std = {58.395, 57.120, 57.375};
+  std::string weights;  ///< full-model state dict to start from ("" = none)
+};
+
+struct ConsistencyConfig {
+  std::string type = "adaptive";     ///< adaptive (d*exp(-d)) | fixed (d) | none
+  std::string grouping = "official";  ///< official (groups of 5 frames) | per_video
+  double weight = 10.0;
+};
+
+struct LossConfig {
+  double class_weight = 2.0;
+  double mask_weight = 5.0;
+  double dice_weight = 5.0;
+  double no_object_weight = 0.1;
+  bool deep_supervision = true;
+  int64_t train_num_points = 12544;
+  double oversample_ratio = 3.0;
+  double importance_sample_ratio = 0.75;
+  ConsistencyConfig consistency;
+};
+
+struct AugmentConfig {
+  bool enabled = true;
+  std::vector<int64_t> short_sides = {112, 134, 156, 179, 201, 224, 246, 268,
+                                      291, 313, 336, 358, 380, 403, 425, 448};
+  int64_t max_size = 896;
+  int64_t crop_size = 224;
+  bool color_jitter = true;
+  double flip_prob = 0.5;
+};
+
+struct DataConfig {
+  std::string dataset = "s4";  ///< s4 | ms3 | avss
+  std::string root;            ///< AVSBench root folder
+  std::string train_split = "train";
+  std::string val_split = "val";
+  std::string test_split = "test";
+  std::string audio_source = "wav";  ///< wav (log-mel computed from the wav) | pkl (AVSBench files)
+  int64_t image_size = 224;
+  int64_t num_workers = 2;
+  AugmentConfig augment;
+};
+
+struct ClipGradientsConfig {
+  bool enabled = true;
+  std::string type = "full_model";  ///< full_model | norm | value
+  double value = 0.01;
+  double norm_type = 2.0;
+};
+
+struct AmpConfig {
+  bool enabled = false;        ///< CUDA only; CPU always runs fp32
+  std::string dtype = "fp16";  ///< fp16 | bf16
+};
+
+struct SolverConfig {
+  std::string optimizer = "adamw";
+  double base_lr = 1e-4;
+  double weight_decay = 0.05;
+  double weight_decay_norm = 0.0;
+  double weight_decay_embed = 0.0;
+  double backbone_multiplier = 0.1;
+  std::vector<double> betas = {0.9, 0.999};
+  double eps = 1e-8;
+  std::string lr_scheduler = "poly";  ///< poly | constant
+  double poly_power = 0.9;
+  int64_t warmup_iters = 0;
+  double warmup_factor = 1.0;
+  int64_t max_iter = 90000;
+  int64_t ims_per_batch = 8;  ///< videos per iteration (all processes together)
+  int64_t checkpoint_period = 5000;
+  int64_t keep_last = 3;
+  ClipGradientsConfig clip_gradients;
+  AmpConfig amp;
+};
+
+struct TestConfig {
+  int64_t eval_period = 5000;
+  std::string metric_protocol = "combo";  ///< combo (per video) | avsbench (per test batch)
+  int64_t batch_size = 1;                 ///< videos per test batch
+};
+
+struct RuntimeConfig {
+  int64_t seed = 0;      ///< < 0: drawn at random and logged
+  int64_t threads = 0;   ///< intra-op threads; 0 = all cores
+  std::string device = "cpu";  ///< cpu | cuda | cuda:N
+};
+
+struct Config {
+  ModelConfig model;
+  LossConfig loss;
+  DataConfig data;
+  SolverConfig solver;
+  TestConfig test;
+  RuntimeConfig runtime;
+  std::string output_dir = "output";
+};
+
+/// A pointer to one typed field of a Config.
+using FieldRef = std::variant<bool*, int64_t*, double*, std::string*, std::vector<int64_t>*,
+                              std::vector<double>*, std::vector<std::string>*>;
+
+struct FieldInfo {
+  std::string path;                  ///< "model.decoder.num_queries"
+  FieldRef ref;                      ///< where the value lives
+  std::vector<std::string> choices;  ///< allowed values of a string field (empty = any)
+};
+
+/// Every field of `config`, in declaration order.
+std::vector<FieldInfo> config_fields(Config& config);
+
+/// The type of a field as a word ("int", "float", "bool", "string", "list of int", ...).
+std::string field_type_name(const FieldRef& ref);
+
+/// Loads a YAML file (with `_base_` chain) onto the defaults, then applies `overrides`
+/// ("key.path=value"). An empty `path` means defaults plus overrides.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+/// Applies "key.path=value" overrides to a config (values typed by the field they set).
+void apply_overrides(Config& config, const std::vector<std::string>& overrides);
+
+/// The config as YAML; `load_config` of the dump gives an equal config.
+std::string dump_config(const Config& config);
+
+/// Field-by-field equality.
+bool operator==(const Config& a, const Config& b);
+inline bool operator!=(const Config& a, const Config& b) { return !(a == b); }
+
+}  // namespace combo::engine

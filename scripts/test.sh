@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the dependencies, configures, builds and runs the whole CTest suite.
+# Exits non-zero on any failure. Environment: COMBO_BUILD_DIR (default build),
+# COMBO_REFERENCE_DIR (golden fixtures; default ../shared/fixtures/reference), CTEST_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${COMBO_BUILD_DIR:-build}
+jobs=$(nproc)
+
+scripts/install_deps.sh
+
+start=$(date +%s)
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMBO_BUILD_TESTS=ON -DCOMBO_BUILD_TOOLS=ON
+cmake --build "$build" -j "$jobs"
+echo "test.sh: build took $(( $(date +%s) - start )) s"
+
+if [ -z "${COMBO_REFERENCE_DIR:-}" ] && [ -d "$root/../shared/fixtures/reference" ]; then
+  export COMBO_REFERENCE_DIR="$root/../shared/fixtures/reference"
+fi
+echo "test.sh: golden fixtures: ${COMBO_REFERENCE_DIR:-none (parity tests will skip)}"
+
+cd "$build"
+# Each test uses every core itself; running two at a time still overlaps process start-up.
+ctest --output-on-failure --no-tests=error -j "$jobs" ${CTEST_ARGS:-}

@@ -1,0 +1,23 @@
+#include "combo/engine/tool.h"
+
+#include <c10/util/Exception.h>
+
+#include <iostream>
+#include <string>
+
+namespace combo::engine {
+
+int run_tool(const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const c10::Error& e) {
+    // LibTorch appends a C++ backtrace; the first line is the message.
+    std::string msg = e.what();
+    std::cerr << "error: " << msg.substr(0, msg.find('\n')) << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+  }
+  return 1;
+}
+
+}  // namespace combo::engine
