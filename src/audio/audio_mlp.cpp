@@ -14,11 +14,10 @@ void AudioMlpImpl::reset() {
               " middle_dim=", options.middle_dim(), " out_dim=", options.out_dim());
   embeddings = register_module(
       "embeddings",
-      torch::nn::Sequential(torch::nn::Linear(options.in_dim(), options.middle_dim()),
-                            torch::nn::ReLU(),
-                            torch::nn::Linear(options.middle_dim(), options.middle_dim()),
-                            torch::nn::ReLU(),
-                            torch::nn::Linear(options.middle_dim(), options.out_dim())));
+      torch::nn::Sequential(
+          torch::nn::Linear(options.in_dim(), options.middle_dim()), torch::nn::ReLU(),
+          torch::nn::Linear(options.middle_dim(), options.middle_dim()), torch::nn::ReLU(),
+          torch::nn::Linear(options.middle_dim(), options.out_dim())));
 }
 
 at::Tensor AudioMlpImpl::forward(const at::Tensor& x) {

@@ -71,9 +71,8 @@ at::Tensor resample(const at::Tensor& x, int64_t sr_orig, int64_t sr_new) {
   }
   const int64_t n_orig = input.size(0);
   // resampy: int(len * float(sr_new) / float(sr_orig)), i.e. truncated.
-  const auto n_out = static_cast<int64_t>(static_cast<double>(n_orig) *
-                                          static_cast<double>(sr_new) /
-                                          static_cast<double>(sr_orig));
+  const auto n_out = static_cast<int64_t>(
+      static_cast<double>(n_orig) * static_cast<double>(sr_new) / static_cast<double>(sr_orig));
   // resampy raises here; an empty result lets very short files reach the example padding.
   if (n_out < 1) {
     return at::empty({0}, at::kDouble);

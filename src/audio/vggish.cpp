@@ -28,12 +28,11 @@ void VggishImpl::reset() {
   // The indices of the Sequential children are the official key names: convolutions at
   // 0, 3, 6, 8, 11, 13 and linears at 0, 2, 4.
   features = register_module(
-      "features", torch::nn::Sequential(conv3x3(1, 64), torch::nn::ReLU(), max_pool(),
-                                        conv3x3(64, 128), torch::nn::ReLU(), max_pool(),
-                                        conv3x3(128, 256), torch::nn::ReLU(), conv3x3(256, 256),
-                                        torch::nn::ReLU(), max_pool(), conv3x3(256, 512),
-                                        torch::nn::ReLU(), conv3x3(512, 512), torch::nn::ReLU(),
-                                        max_pool()));
+      "features",
+      torch::nn::Sequential(conv3x3(1, 64), torch::nn::ReLU(), max_pool(), conv3x3(64, 128),
+                            torch::nn::ReLU(), max_pool(), conv3x3(128, 256), torch::nn::ReLU(),
+                            conv3x3(256, 256), torch::nn::ReLU(), max_pool(), conv3x3(256, 512),
+                            torch::nn::ReLU(), conv3x3(512, 512), torch::nn::ReLU(), max_pool()));
   embeddings = register_module(
       "embeddings",
       torch::nn::Sequential(torch::nn::Linear(kFlatDim, 4096), torch::nn::ReLU(),
@@ -44,8 +43,8 @@ void VggishImpl::reset() {
 at::Tensor VggishImpl::forward(const at::Tensor& x) {
   COMBO_CHECK(x.dim() == 4 && x.size(1) == 1 && x.size(2) == kExampleWindowFrames &&
                   x.size(3) == kNumMelBins,
-              "Vggish: expected log-mel examples [N, 1, ", kExampleWindowFrames, ", ",
-              kNumMelBins, "], got shape ", x.sizes());
+              "Vggish: expected log-mel examples [N, 1, ", kExampleWindowFrames, ", ", kNumMelBins,
+              "], got shape ", x.sizes());
   at::Tensor y = features->forward(x);
   // The TF weights expect (time, frequency, channel) order when flattening.
   y = y.permute({0, 2, 3, 1}).reshape({y.size(0), kFlatDim});

@@ -20,8 +20,8 @@ class VggishTest : public combo::testing::SeededTest {};
 TEST(VggishParity, EmbeddingMatchesOfficial) {
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "vggish.pt");
   Vggish model;
-  const combo::LoadReport report = combo::load_state_dict_into(
-      *model, fx.state_dict(), {true, {}, fx.path().string()});
+  const combo::LoadReport report =
+      combo::load_state_dict_into(*model, fx.state_dict(), {true, {}, fx.path().string()});
   EXPECT_TRUE(report.clean()) << report.to_string();
   model->freeze();
   const at::Tensor x = fx.tensor("inputs/x");
@@ -35,15 +35,15 @@ TEST(VggishParity, EmbeddingMatchesOfficial) {
 TEST_F(VggishTest, KeysAndShapesAreOfficial) {
   // vggish-10086976.pth (harritaylor torchvggish), COMBO_SPEC 3.2.
   const std::vector<std::pair<std::string, std::vector<int64_t>>> official = {
-      {"features.0.weight", {64, 1, 3, 3}},       {"features.0.bias", {64}},
-      {"features.3.weight", {128, 64, 3, 3}},     {"features.3.bias", {128}},
-      {"features.6.weight", {256, 128, 3, 3}},    {"features.6.bias", {256}},
-      {"features.8.weight", {256, 256, 3, 3}},    {"features.8.bias", {256}},
-      {"features.11.weight", {512, 256, 3, 3}},   {"features.11.bias", {512}},
-      {"features.13.weight", {512, 512, 3, 3}},   {"features.13.bias", {512}},
-      {"embeddings.0.weight", {4096, 12288}},     {"embeddings.0.bias", {4096}},
-      {"embeddings.2.weight", {4096, 4096}},      {"embeddings.2.bias", {4096}},
-      {"embeddings.4.weight", {128, 4096}},       {"embeddings.4.bias", {128}},
+      {"features.0.weight", {64, 1, 3, 3}},     {"features.0.bias", {64}},
+      {"features.3.weight", {128, 64, 3, 3}},   {"features.3.bias", {128}},
+      {"features.6.weight", {256, 128, 3, 3}},  {"features.6.bias", {256}},
+      {"features.8.weight", {256, 256, 3, 3}},  {"features.8.bias", {256}},
+      {"features.11.weight", {512, 256, 3, 3}}, {"features.11.bias", {512}},
+      {"features.13.weight", {512, 512, 3, 3}}, {"features.13.bias", {512}},
+      {"embeddings.0.weight", {4096, 12288}},   {"embeddings.0.bias", {4096}},
+      {"embeddings.2.weight", {4096, 4096}},    {"embeddings.2.bias", {4096}},
+      {"embeddings.4.weight", {128, 4096}},     {"embeddings.4.bias", {128}},
   };
   Vggish model;
   const combo::TensorDict sd = combo::module_state_dict(*model);

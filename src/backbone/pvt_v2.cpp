@@ -1,0 +1,357 @@
+#include "combo/backbone/pvt_v2.h"
+
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <ostream>
+#include <sstream>
+
+#include "combo/core/check.h"
+
+namespace combo::backbone {
+namespace {
+
+constexpr double kPatchNormEps = 1e-5;  // nn.LayerNorm default (patch embed, attn.norm)
+constexpr double kBlockNormEps = 1e-6;  // norm_layer=partial(nn.LayerNorm, eps=1e-6)
+
+// The official `_init_weights`: Linear trunc_normal(std 0.02) with zero bias, LayerNorm (1, 0),
+// Conv2d normal(0, sqrt(2 / fan_out)) with fan_out = k_h * k_w * out / groups and zero bias.
+void init_linear(torch::nn::Linear& linear) {
+  torch::NoGradGuard no_grad;
+  // timm's trunc_normal_ cuts at +-2 (absolute), i.e. 100 standard deviations: a plain normal.
+  linear->weight.normal_(0.0, 0.02).clamp_(-2.0, 2.0);
+  if (linear->bias.defined()) linear->bias.zero_();
+}
+
+void init_conv(torch::nn::Conv2d& conv) {
+  torch::NoGradGuard no_grad;
+  const auto& w = conv->weight;
+  const int64_t fan_out = w.size(0) * w.size(2) * w.size(3) / conv->options.groups();
+  w.normal_(0.0, std::sqrt(2.0 / static_cast<double>(fan_out)));
+  if (conv->bias.defined()) conv->bias.zero_();
+}
+
+torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
+}
+
+// Tokens [B, H*W, C] (contiguous) seen as an image [B, C, H, W] in channels-last memory, which
+// the convolutions read without a copy.
+at::Tensor tokens_as_image(const at::Tensor& tokens, int64_t h, int64_t w) {
+  return tokens.reshape({tokens.size(0), h, w, tokens.size(2)}).permute({0, 3, 1, 2});
+}
+
+// [B, C, H, W] -> [B, H*W, C]; a view when the image is channels-last.
+at::Tensor image_as_tokens(const at::Tensor& image) { return image.flatten(2).transpose(1, 2); }
+
+bool grad_recording() { return at::GradMode::is_enabled(); }
+
+template <typename T>
+std::string join(const std::vector<T>& v) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << "]";
+  return os.str();
+}
+
+}  // namespace
+
+std::vector<double> drop_path_rates(double rate, int64_t total) {
+  COMBO_CHECK(total >= 1, "drop_path_rates: expected at least one block, got ", total);
+  std::vector<double> rates(static_cast<size_t>(total), 0.0);
+  // torch.linspace in float32, as the official `[x.item() for x in torch.linspace(...)]`.
+  const at::Tensor lin = torch::linspace(0.0, rate, total, torch::kFloat32);
+  for (int64_t i = 0; i < total; ++i) rates[static_cast<size_t>(i)] = lin[i].item<float>();
+  return rates;
+}
+
+at::Tensor add_drop_path(const at::Tensor& residual, at::Tensor branch, double p, bool training) {
+  if (training && p > 0.0) {
+    const double keep = 1.0 - p;
+    std::vector<int64_t> shape(static_cast<size_t>(branch.dim()), 1);
+    shape[0] = branch.size(0);
+    at::Tensor mask = at::empty(shape, branch.options()).bernoulli_(keep);
+    if (keep > 0.0) mask.div_(keep);
+    return at::addcmul(residual, branch, mask);
+  }
+  // Without autograd the branch is a dead temporary: add in place and skip an allocation.
+  if (!grad_recording()) return branch.add_(residual);
+  return at::add(residual, branch);
+}
+
+// ---------------------------------------------------------------------------------------------
+PvtV2Options PvtV2Options::variant(const std::string& name) {
+  std::string v = name;
+  if (v.rfind("pvt_v2_", 0) == 0) v = v.substr(7);
+  PvtV2Options o;
+  const std::vector<int64_t> wide = {64, 128, 320, 512};
+  if (v == "b0") {
+    o.embed_dims({32, 64, 160, 256}).mlp_ratios({8, 8, 4, 4}).depths({2, 2, 2, 2});
+  } else if (v == "b1") {
+    o.embed_dims(wide).mlp_ratios({8, 8, 4, 4}).depths({2, 2, 2, 2});
+  } else if (v == "b2") {
+    o.embed_dims(wide).mlp_ratios({8, 8, 4, 4}).depths({3, 4, 6, 3});
+  } else if (v == "b3") {
+    o.embed_dims(wide).mlp_ratios({8, 8, 4, 4}).depths({3, 4, 18, 3});
+  } else if (v == "b4") {
+    o.embed_dims(wide).mlp_ratios({8, 8, 4, 4}).depths({3, 8, 27, 3});
+  } else if (v == "b5") {
+    o.embed_dims(wide).mlp_ratios({4, 4, 4, 4}).depths({3, 6, 40, 3});
+  } else {
+    COMBO_FAIL("PvtV2Options::variant: unknown PVT-v2 variant '", name,
+               "'; expected one of b0, b1, b2, b3, b4, b5 (optionally prefixed pvt_v2_)");
+  }
+  o.num_heads({1, 2, 5, 8}).sr_ratios({8, 4, 2, 1}).qkv_bias(true);
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+OverlapPatchEmbedImpl::OverlapPatchEmbedImpl(const OverlapPatchEmbedOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void OverlapPatchEmbedImpl::reset() {
+  const int64_t k = options.patch_size();
+  proj = register_module(
+      "proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.in_chans(), options.embed_dim(), k)
+                                    .stride(options.stride())
+                                    .padding(k / 2)));
+  norm = register_module("norm", layer_norm(options.embed_dim(), kPatchNormEps));
+  init_conv(proj);
+}
+
+at::Tensor OverlapPatchEmbedImpl::forward(const at::Tensor& x, int64_t* h, int64_t* w) {
+  at::Tensor y = proj->forward(x);
+  *h = y.size(2);
+  *w = y.size(3);
+  return norm->forward(image_as_tokens(y));
+}
+
+// ---------------------------------------------------------------------------------------------
+PvtAttentionImpl::PvtAttentionImpl(const PvtAttentionOptions& options_) : options(options_) {
+  reset();
+}
+
+void PvtAttentionImpl::reset() {
+  const int64_t dim = options.dim();
+  COMBO_CHECK(options.num_heads() > 0 && dim % options.num_heads() == 0, "PvtAttention: dim ", dim,
+              " must be divisible by num_heads ", options.num_heads());
+  COMBO_CHECK(options.sr_ratio() >= 1, "PvtAttention: sr_ratio must be >= 1, got ",
+              options.sr_ratio());
+  q = register_module("q",
+                      torch::nn::Linear(torch::nn::LinearOptions(dim, dim).bias(options.qkv_bias())));
+  kv = register_module(
+      "kv", torch::nn::Linear(torch::nn::LinearOptions(dim, 2 * dim).bias(options.qkv_bias())));
+  proj = register_module("proj", torch::nn::Linear(dim, dim));
+  init_linear(q);
+  init_linear(kv);
+  init_linear(proj);
+  if (options.sr_ratio() > 1) {
+    const int64_t r = options.sr_ratio();
+    sr = register_module("sr",
+                         torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, r).stride(r)));
+    norm = register_module("norm", layer_norm(dim, kPatchNormEps));
+    init_conv(sr);
+  } else {
+    sr = nullptr;
+    norm = nullptr;
+  }
+}
+
+at::Tensor PvtAttentionImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
+  const int64_t b = x.size(0);
+  const int64_t n = x.size(1);
+  const int64_t c = options.dim();
+  const int64_t heads = options.num_heads();
+  const int64_t d = c / heads;
+  COMBO_CHECK(x.dim() == 3 && x.size(2) == c && n == h * w, "PvtAttention: expected [B, ", h * w,
+              ", ", c, "] tokens for a ", h, "x", w, " grid, got shape ", x.sizes());
+
+  at::Tensor queries = q->forward(x);  // [B, N, C]
+  at::Tensor kv_in = x;
+  if (options.sr_ratio() > 1) {
+    const int64_t r = options.sr_ratio();
+    COMBO_CHECK(h >= r && w >= r, "PvtAttention: a ", h, "x", w,
+                " token grid is smaller than the spatial-reduction ratio ", r,
+                " (input image too small)");
+    kv_in = norm->forward(image_as_tokens(sr->forward(tokens_as_image(x, h, w))));
+  }
+  const at::Tensor keys_values = kv->forward(kv_in);  // [B, M, 2C]: keys then values
+  const int64_t m = keys_values.size(1);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+
+  if (heads == 1) {
+    // One head: plain batched products on views, no head split.
+    at::Tensor k = keys_values.narrow(2, 0, c);
+    at::Tensor v = keys_values.narrow(2, c, c);
+    at::Tensor attn = at::matmul(queries, k.transpose(1, 2)).mul_(scale);
+    attn = at::softmax(attn, -1);
+    return proj->forward(at::matmul(attn, v));
+  }
+  at::Tensor q4 = queries.view({b, n, heads, d}).transpose(1, 2);  // [B, h, N, d]
+  at::Tensor kv5 = keys_values.view({b, m, 2, heads, d});
+  at::Tensor k4 = kv5.select(2, 0).transpose(1, 2);  // [B, h, M, d]
+  at::Tensor v4 = kv5.select(2, 1).transpose(1, 2);
+  at::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  // Fused kernels (flash / memory-efficient on CUDA, flash on CPU); default scale d^-0.5.
+  out = at::scaled_dot_product_attention(q4, k4, v4);
+#else
+  at::Tensor attn = at::matmul(q4, k4.transpose(-2, -1)).mul_(scale);
+  attn = at::softmax(attn, -1);
+  out = at::matmul(attn, v4);  // [B, h, N, d]
+#endif
+  return proj->forward(out.transpose(1, 2).reshape({b, n, c}));
+}
+
+// ---------------------------------------------------------------------------------------------
+DWConvImpl::DWConvImpl(int64_t dim_) : dim(dim_) { reset(); }
+
+void DWConvImpl::reset() {
+  dwconv = register_module(
+      "dwconv", torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, 3).padding(1).groups(dim)));
+  init_conv(dwconv);
+}
+
+at::Tensor DWConvImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
+  return image_as_tokens(dwconv->forward(tokens_as_image(x, h, w)));
+}
+
+// ---------------------------------------------------------------------------------------------
+PvtMlpImpl::PvtMlpImpl(int64_t dim_, int64_t hidden_dim_) : dim(dim_), hidden_dim(hidden_dim_) {
+  reset();
+}
+
+void PvtMlpImpl::reset() {
+  fc1 = register_module("fc1", torch::nn::Linear(dim, hidden_dim));
+  dwconv = register_module("dwconv", DWConv(hidden_dim));
+  fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, dim));
+  init_linear(fc1);
+  init_linear(fc2);
+}
+
+at::Tensor PvtMlpImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
+  at::Tensor y = dwconv->forward(fc1->forward(x), h, w);
+  // GELU's backward needs its input, so only go in place when nothing records gradients.
+  if (grad_recording()) {
+    y = at::gelu(y);
+  } else {
+    at::gelu_(y);
+  }
+  return fc2->forward(y);
+}
+
+// ---------------------------------------------------------------------------------------------
+PvtBlockImpl::PvtBlockImpl(const PvtBlockOptions& options_) : options(options_) { reset(); }
+
+void PvtBlockImpl::reset() {
+  const int64_t dim = options.dim();
+  norm1 = register_module("norm1", layer_norm(dim, kBlockNormEps));
+  attn = register_module("attn", PvtAttention(PvtAttentionOptions(dim, options.num_heads())
+                                                  .qkv_bias(options.qkv_bias())
+                                                  .sr_ratio(options.sr_ratio())));
+  norm2 = register_module("norm2", layer_norm(dim, kBlockNormEps));
+  const auto hidden = static_cast<int64_t>(static_cast<double>(dim) * options.mlp_ratio());
+  COMBO_CHECK(hidden > 0, "PvtBlock: mlp_ratio ", options.mlp_ratio(), " gives no hidden units");
+  mlp = register_module("mlp", PvtMlp(dim, hidden));
+}
+
+at::Tensor PvtBlockImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
+  const double p = options.drop_path();
+  at::Tensor y = add_drop_path(x, attn->forward(norm1->forward(x), h, w), p, is_training());
+  return add_drop_path(y, mlp->forward(norm2->forward(y), h, w), p, is_training());
+}
+
+// ---------------------------------------------------------------------------------------------
+PvtV2Impl::PvtV2Impl(const PvtV2Options& options_) : options(options_) { reset(); }
+
+void PvtV2Impl::reset() {
+  const size_t stages = options.embed_dims().size();
+  COMBO_CHECK(stages == 4, "PvtV2: expected 4 stages (res2..res5), got ", stages, " embed_dims");
+  COMBO_CHECK(options.num_heads().size() == stages && options.mlp_ratios().size() == stages &&
+                  options.depths().size() == stages && options.sr_ratios().size() == stages,
+              "PvtV2: embed_dims, num_heads, mlp_ratios, depths and sr_ratios need one entry per "
+              "stage; got sizes ",
+              stages, ", ", options.num_heads().size(), ", ", options.mlp_ratios().size(), ", ",
+              options.depths().size(), ", ", options.sr_ratios().size());
+  int64_t total = 0;
+  for (int64_t d : options.depths()) {
+    COMBO_CHECK(d >= 1, "PvtV2: every stage needs at least one block, got depths ",
+                join(options.depths()));
+    total += d;
+  }
+  const std::vector<double> dpr = drop_path_rates(options.drop_path_rate(), total);
+
+  // Cloneable::clone() copies these vectors before calling reset(): start afresh.
+  patch_embeds.clear();
+  blocks.clear();
+  norms.clear();
+  size_t cur = 0;
+  for (size_t i = 0; i < stages; ++i) {
+    const std::string id = std::to_string(i + 1);
+    const int64_t dim = options.embed_dims()[i];
+    const int64_t in = i == 0 ? options.in_chans() : options.embed_dims()[i - 1];
+    patch_embeds.push_back(register_module(
+        "patch_embed" + id,
+        OverlapPatchEmbed(OverlapPatchEmbedOptions(in, dim, i == 0 ? 7 : 3, i == 0 ? 4 : 2))));
+    torch::nn::ModuleList list;
+    for (int64_t j = 0; j < options.depths()[i]; ++j) {
+      list->push_back(PvtBlock(PvtBlockOptions(dim, options.num_heads()[i])
+                                   .mlp_ratio(options.mlp_ratios()[i])
+                                   .qkv_bias(options.qkv_bias())
+                                   .sr_ratio(options.sr_ratios()[i])
+                                   .drop_path(dpr[cur++])));
+    }
+    blocks.push_back(register_module("block" + id, list));
+    norms.push_back(register_module("norm" + id, layer_norm(dim, kBlockNormEps)));
+  }
+}
+
+void PvtV2Impl::pretty_print(std::ostream& stream) const {
+  stream << "combo::backbone::PvtV2(embed_dims=" << join(options.embed_dims())
+         << ", num_heads=" << join(options.num_heads())
+         << ", mlp_ratios=" << join(options.mlp_ratios()) << ", depths=" << join(options.depths())
+         << ", sr_ratios=" << join(options.sr_ratios())
+         << ", drop_path_rate=" << options.drop_path_rate() << ")";
+}
+
+FeatureMap PvtV2Impl::forward_features(const at::Tensor& x) {
+  COMBO_CHECK(x.dim() == 4 && x.size(1) == options.in_chans(), "PvtV2: expected [N, ",
+              options.in_chans(), ", H, W], got shape ", x.sizes());
+  const auto& names = feature_names();
+  FeatureMap out;
+  // The first convolution is several times faster on channels-last input, and every later
+  // stage then stays channels-last.
+  at::Tensor image = x.contiguous(at::MemoryFormat::ChannelsLast);
+  for (size_t i = 0; i < patch_embeds.size(); ++i) {
+    int64_t h = 0;
+    int64_t w = 0;
+    at::Tensor tokens = patch_embeds[i]->forward(image, &h, &w);
+    for (const auto& block : *blocks[i]) {
+      tokens = block->as<PvtBlockImpl>()->forward(tokens, h, w);
+    }
+    tokens = norms[i]->forward(tokens);
+    image = tokens_as_image(tokens, h, w);
+    out[names[i]] = image.contiguous();
+  }
+  return out;
+}
+
+FeatureShapes PvtV2Impl::output_shapes() const {
+  FeatureShapes shapes;
+  const auto& names = feature_names();
+  int64_t stride = 4;
+  for (size_t i = 0; i < names.size(); ++i, stride *= 2) {
+    shapes[names[i]] = FeatureShape{options.embed_dims()[i], stride};
+  }
+  return shapes;
+}
+
+bool PvtV2Impl::is_ignored_checkpoint_key(const std::string& key) const {
+  return key.rfind("head.", 0) == 0;
+}
+
+}  // namespace combo::backbone
