@@ -1,8 +1,12 @@
 #include "combo/audio/log_mel.h"
 
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "combo/audio/resample.h"
 #include "combo/core/check.h"
@@ -25,6 +29,29 @@ std::vector<double> linspace(double start, double stop, int64_t num) {
   }
   out.back() = stop;
   return out;
+}
+
+// Frames per parallel task: enough work (an FFT and 64 band sums per frame) to pay for a task.
+constexpr int64_t kFramesPerTask = 128;
+
+// [first, last) spectrogram bins with a non-zero weight, per mel band of `mel` [257, 64].
+std::vector<std::pair<int64_t, int64_t>> nonzero_bins(const at::Tensor& mel) {
+  auto w = mel.accessor<double, 2>();
+  std::vector<std::pair<int64_t, int64_t>> bins(static_cast<size_t>(kNumMelBins), {0, 0});
+  for (int64_t b = 0; b < kNumMelBins; ++b) {
+    int64_t first = kNumSpectrogramBins;
+    int64_t last = 0;
+    for (int64_t k = 0; k < kNumSpectrogramBins; ++k) {
+      if (w[k][b] != 0.0) {
+        first = std::min(first, k);
+        last = k + 1;
+      }
+    }
+    if (first < last) {
+      bins[static_cast<size_t>(b)] = {first, last};
+    }
+  }
+  return bins;
 }
 
 at::Tensor to_cpu_double_1d(const at::Tensor& x, const char* what) {
@@ -98,9 +125,34 @@ at::Tensor log_mel_spectrogram(const at::Tensor& mono16k) {
   }
   static const at::Tensor window = periodic_hann(kStftWindowLength);
   static const at::Tensor mel = mel_matrix();
-  const at::Tensor windowed = x.unfold(0, kStftWindowLength, kStftHopLength) * window;
-  const at::Tensor magnitude = at::abs(at::fft_rfft(windowed, kFftLength, -1));
-  return at::log(at::matmul(magnitude, mel) + kLogOffset);
+  static const std::vector<std::pair<int64_t, int64_t>> band_bins = nonzero_bins(mel);
+  at::Tensor log_mel = at::empty({frames, kNumMelBins}, at::kDouble);
+  const double* weights = mel.data_ptr<double>();
+  double* out = log_mel.data_ptr<double>();
+  // One parallel region over blocks of frames rather than one per tensor op: the ops are small,
+  // and every extra fork/join is costly when the cores are shared (data-loader threads). Each
+  // frame is computed the same way whatever the blocking, so the result does not depend on the
+  // thread count.
+  at::parallel_for(0, frames, kFramesPerTask, [&](int64_t begin, int64_t end) {
+    const int64_t count = end - begin;
+    const at::Tensor samples =
+        x.narrow(0, begin * kStftHopLength, (count - 1) * kStftHopLength + kStftWindowLength);
+    const at::Tensor windowed = samples.unfold(0, kStftWindowLength, kStftHopLength) * window;
+    const at::Tensor magnitude = at::abs(at::fft_rfft(windowed, kFftLength, -1)).contiguous();
+    const double* mag = magnitude.data_ptr<double>();
+    for (int64_t f = 0; f < count; ++f) {
+      const double* row = mag + f * kNumSpectrogramBins;
+      for (int64_t b = 0; b < kNumMelBins; ++b) {
+        // Only the band's non-zero weights are summed (the official np.dot adds exact zeros).
+        double energy = 0.0;
+        for (int64_t k = band_bins[b].first; k < band_bins[b].second; ++k) {
+          energy += row[k] * weights[k * kNumMelBins + b];
+        }
+        out[(begin + f) * kNumMelBins + b] = std::log(energy + kLogOffset);
+      }
+    }
+  });
+  return log_mel;
 }
 
 at::Tensor frame_examples(const at::Tensor& log_mel) {

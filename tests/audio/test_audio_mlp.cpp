@@ -36,6 +36,9 @@ TEST(AudioMlpParity, OutputsAndGradsMatchOfficial) {
   EXPECT_TENSOR_NEAR_REL(ref, y.detach(), 1e-5);
   y.pow(2).mean().backward();
   EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/x"), x.grad(), 1e-4);
+  std::cout << "[ INFO ] audio_mlp rel error: y " << combo::testing::rel_error(ref, y.detach())
+            << ", grad x " << combo::testing::rel_error(fx.tensor("grads/x"), x.grad())
+            << std::endl;
 }
 
 TEST_F(AudioMlpTest, KeysShapesAndAnyLeadingDims) {

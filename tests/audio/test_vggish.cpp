@@ -30,6 +30,8 @@ TEST(VggishParity, EmbeddingMatchesOfficial) {
   const at::Tensor got = model->forward(x);
   ASSERT_EQ(got.sizes(), ref.sizes());
   EXPECT_TENSOR_NEAR_REL(ref, got, 1e-4);
+  std::cout << "[ INFO ] VGGish embedding rel error " << combo::testing::rel_error(ref, got)
+            << std::endl;
 }
 
 TEST_F(VggishTest, KeysAndShapesAreOfficial) {
