@@ -8,6 +8,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -32,9 +33,9 @@ enum class Kind {
   kBytes,
   kTuple,
   kList,
-  kDict,  // items = k0, v0, k1, v1, ...
-  kGlobal,  // s = "module.name"
-  kCall,    // items = {callable, args tuple}; `state` set by BUILD
+  kDict,        // items = k0, v0, k1, v1, ...
+  kGlobal,      // s = "module.name"
+  kCall,        // items = {callable, args tuple}; `state` set by BUILD
   kPersistent,  // items = {pid}
   kMark,
 };
@@ -69,20 +70,34 @@ ObjPtr make_str(Kind kind, std::string v) {
 
 const char* kind_name(Kind k) {
   switch (k) {
-    case Kind::kNone: return "None";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kBigInt: return "int";
-    case Kind::kFloat: return "float";
-    case Kind::kStr: return "str";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTuple: return "tuple";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kGlobal: return "global";
-    case Kind::kCall: return "call";
-    case Kind::kPersistent: return "persistent id";
-    case Kind::kMark: return "mark";
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kBigInt:
+      return "int";
+    case Kind::kFloat:
+      return "float";
+    case Kind::kStr:
+      return "str";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTuple:
+      return "tuple";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kGlobal:
+      return "global";
+    case Kind::kCall:
+      return "call";
+    case Kind::kPersistent:
+      return "persistent id";
+    case Kind::kMark:
+      return "mark";
   }
   return "?";
 }
@@ -106,8 +121,7 @@ std::string utf8_to_latin1(const std::string& in, const std::string& name) {
       out.push_back(static_cast<char>(c));
     } else if ((c & 0xE0) == 0xC0 && k + 1 < in.size()) {
       const unsigned cp = ((c & 0x1Fu) << 6) | (static_cast<unsigned char>(in[++k]) & 0x3Fu);
-      COMBO_CHECK(cp < 256, "cannot read '", name, "': a latin1-encoded bytes object holds U+",
-                  cp);
+      COMBO_CHECK(cp < 256, "cannot read '", name, "': a latin1-encoded bytes object holds U+", cp);
       out.push_back(static_cast<char>(cp));
     } else {
       COMBO_FAIL("cannot read '", name, "': a latin1-encoded bytes object is not valid latin1");
@@ -135,17 +149,29 @@ class Unpickler {
           check(proto <= 5, at, "pickle protocol ", int(proto), " is newer than 5");
           break;
         }
-        case 0x95: skip(8); break;  // FRAME: framing is transparent
-        case '.': {                 // STOP
+        case 0x95:
+          skip(8);
+          break;     // FRAME: framing is transparent
+        case '.': {  // STOP
           check(stack_.size() == 1, at, "the pickle ends with ", stack_.size(),
                 " values on the stack, expected 1");
           return stack_.back();
         }
-        case '(': stack_.push_back(make(Kind::kMark)); break;
-        case '0': pop(at); break;  // POP
-        case '1': pop_mark(at); break;  // POP_MARK
-        case '2': stack_.push_back(top(at)); break;  // DUP
-        case 'N': stack_.push_back(make(Kind::kNone)); break;
+        case '(':
+          stack_.push_back(make(Kind::kMark));
+          break;
+        case '0':
+          pop(at);
+          break;  // POP
+        case '1':
+          pop_mark(at);
+          break;  // POP_MARK
+        case '2':
+          stack_.push_back(top(at));
+          break;  // DUP
+        case 'N':
+          stack_.push_back(make(Kind::kNone));
+          break;
         case 0x88:
         case 0x89: {  // NEWTRUE / NEWFALSE
           auto b = make(Kind::kBool);
@@ -153,11 +179,21 @@ class Unpickler {
           stack_.push_back(b);
           break;
         }
-        case 'J': stack_.push_back(make_int(static_cast<int32_t>(le(4)))); break;  // BININT
-        case 'K': stack_.push_back(make_int(u8())); break;                        // BININT1
-        case 'M': stack_.push_back(make_int(static_cast<int64_t>(le(2)))); break;  // BININT2
-        case 0x8a: push_long(take(u8())); break;                                  // LONG1
-        case 0x8b: push_long(take(length(4, at))); break;                         // LONG4
+        case 'J':
+          stack_.push_back(make_int(static_cast<int32_t>(le(4))));
+          break;  // BININT
+        case 'K':
+          stack_.push_back(make_int(u8()));
+          break;  // BININT1
+        case 'M':
+          stack_.push_back(make_int(static_cast<int64_t>(le(2))));
+          break;  // BININT2
+        case 0x8a:
+          push_long(take(u8()));
+          break;  // LONG1
+        case 0x8b:
+          push_long(take(length(4, at)));
+          break;     // LONG4
         case 'I': {  // INT (text)
           const std::string l = line(at);
           if (l == "00" || l == "01") {
@@ -189,19 +225,35 @@ class Unpickler {
           stack_.push_back(f);
           break;
         }
-        case 'X': stack_.push_back(make_str(Kind::kStr, take(length(4, at)))); break;
-        case 0x8c: stack_.push_back(make_str(Kind::kStr, take(u8()))); break;
-        case 0x8d: stack_.push_back(make_str(Kind::kStr, take(length(8, at)))); break;
+        case 'X':
+          stack_.push_back(make_str(Kind::kStr, take(length(4, at))));
+          break;
+        case 0x8c:
+          stack_.push_back(make_str(Kind::kStr, take(u8())));
+          break;
+        case 0x8d:
+          stack_.push_back(make_str(Kind::kStr, take(length(8, at))));
+          break;
         // Python 2 str: what it means depends on the writer; keep the raw bytes.
-        case 'T': stack_.push_back(make_str(Kind::kStr, take(length(4, at)))); break;
-        case 'U': stack_.push_back(make_str(Kind::kStr, take(u8()))); break;
-        case 'B': stack_.push_back(make_str(Kind::kBytes, take(length(4, at)))); break;
-        case 'C': stack_.push_back(make_str(Kind::kBytes, take(u8()))); break;
+        case 'T':
+          stack_.push_back(make_str(Kind::kStr, take(length(4, at))));
+          break;
+        case 'U':
+          stack_.push_back(make_str(Kind::kStr, take(u8())));
+          break;
+        case 'B':
+          stack_.push_back(make_str(Kind::kBytes, take(length(4, at))));
+          break;
+        case 'C':
+          stack_.push_back(make_str(Kind::kBytes, take(u8())));
+          break;
         case 0x8e:  // BINBYTES8
         case 0x96:  // BYTEARRAY8
           stack_.push_back(make_str(Kind::kBytes, take(length(8, at))));
           break;
-        case ')': stack_.push_back(make(Kind::kTuple)); break;
+        case ')':
+          stack_.push_back(make(Kind::kTuple));
+          break;
         case 't': {
           auto t = make(Kind::kTuple);
           t->items = pop_mark(at);
@@ -219,7 +271,9 @@ class Unpickler {
           stack_.push_back(t);
           break;
         }
-        case ']': stack_.push_back(make(Kind::kList)); break;
+        case ']':
+          stack_.push_back(make(Kind::kList));
+          break;
         case 'l': {
           auto l = make(Kind::kList);
           l->items = pop_mark(at);
@@ -240,7 +294,9 @@ class Unpickler {
           l->items.insert(l->items.end(), vs.begin(), vs.end());
           break;
         }
-        case '}': stack_.push_back(make(Kind::kDict)); break;
+        case '}':
+          stack_.push_back(make(Kind::kDict));
+          break;
         case 'd': {
           auto d = make(Kind::kDict);
           d->items = pop_mark(at);
@@ -278,7 +334,7 @@ class Unpickler {
           stack_.push_back(make_str(Kind::kGlobal, module->s + "." + qualname->s));
           break;
         }
-        case 'R':  // REDUCE
+        case 'R':     // REDUCE
         case 0x81: {  // NEWOBJ
           ObjPtr args = pop(at);
           ObjPtr callable = pop(at);
@@ -286,7 +342,7 @@ class Unpickler {
           break;
         }
         case 0x92: {  // NEWOBJ_EX
-          pop(at);  // kwargs
+          pop(at);    // kwargs
           ObjPtr args = pop(at);
           ObjPtr callable = pop(at);
           stack_.push_back(reduce(callable, args, at));
@@ -309,13 +365,29 @@ class Unpickler {
           stack_.push_back(p);
           break;
         }
-        case 0x94: memo_[memo_.size()] = top(at); break;               // MEMOIZE
-        case 'q': memo_[u8()] = top(at); break;                        // BINPUT
-        case 'r': memo_[le(4)] = top(at); break;                       // LONG_BINPUT
-        case 'p': memo_[parse_index(line(at), at)] = top(at); break;  // PUT
-        case 'h': stack_.push_back(memo_get(u8(), at)); break;         // BINGET
-        case 'j': stack_.push_back(memo_get(le(4), at)); break;        // LONG_BINGET
-        case 'g': stack_.push_back(memo_get(parse_index(line(at), at), at)); break;  // GET
+        case 0x94: {  // MEMOIZE
+          const uint64_t index = memo_.size();
+          memo_[index] = top(at);
+          break;
+        }
+        case 'q':
+          memo_[u8()] = top(at);
+          break;  // BINPUT
+        case 'r':
+          memo_[le(4)] = top(at);
+          break;  // LONG_BINPUT
+        case 'p':
+          memo_[parse_index(line(at), at)] = top(at);
+          break;  // PUT
+        case 'h':
+          stack_.push_back(memo_get(u8(), at));
+          break;  // BINGET
+        case 'j':
+          stack_.push_back(memo_get(le(4), at));
+          break;  // LONG_BINGET
+        case 'g':
+          stack_.push_back(memo_get(parse_index(line(at), at), at));
+          break;  // GET
         default:
           fail(at, "unsupported pickle opcode 0x", hex(op),
                " (is this a Python pickle of a tensor?)");
@@ -340,8 +412,7 @@ class Unpickler {
 
   void need(size_t n) const {
     if (n > data_.size() - pos_) {
-      fail(pos_, "the file is truncated (needs ", n, " more bytes, has ", data_.size() - pos_,
-           ")");
+      fail(pos_, "the file is truncated (needs ", n, " more bytes, has ", data_.size() - pos_, ")");
     }
   }
   uint8_t u8() {
@@ -458,7 +529,8 @@ class Unpickler {
 bool is_call_to(const ObjPtr& o, const std::string& suffix) {
   if (o->kind != Kind::kCall || o->items[0]->kind != Kind::kGlobal) return false;
   const std::string& n = o->items[0]->s;
-  return n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return n.size() >= suffix.size() &&
+         n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 const std::vector<ObjPtr>& call_args(const ObjPtr& call) { return call->items[1]->items; }
@@ -475,11 +547,11 @@ struct StorageType {
 
 bool storage_type(const std::string& global, StorageType* out) {
   static const std::map<std::string, StorageType> kTypes = {
-      {"torch.FloatStorage", {at::kFloat, 4}},    {"torch.DoubleStorage", {at::kDouble, 8}},
-      {"torch.HalfStorage", {at::kHalf, 2}},      {"torch.BFloat16Storage", {at::kBFloat16, 2}},
-      {"torch.LongStorage", {at::kLong, 8}},      {"torch.IntStorage", {at::kInt, 4}},
-      {"torch.ShortStorage", {at::kShort, 2}},    {"torch.CharStorage", {at::kChar, 1}},
-      {"torch.ByteStorage", {at::kByte, 1}},      {"torch.BoolStorage", {at::kBool, 1}},
+      {"torch.FloatStorage", {at::kFloat, 4}}, {"torch.DoubleStorage", {at::kDouble, 8}},
+      {"torch.HalfStorage", {at::kHalf, 2}},   {"torch.BFloat16Storage", {at::kBFloat16, 2}},
+      {"torch.LongStorage", {at::kLong, 8}},   {"torch.IntStorage", {at::kInt, 4}},
+      {"torch.ShortStorage", {at::kShort, 2}}, {"torch.CharStorage", {at::kChar, 1}},
+      {"torch.ByteStorage", {at::kByte, 1}},   {"torch.BoolStorage", {at::kBool, 1}},
   };
   auto it = kTypes.find(global);
   if (it == kTypes.end()) return false;
@@ -558,7 +630,8 @@ class Interpreter {
       pos += 8;
       COMBO_CHECK(numel == declared_numel, "cannot read '", name_, "': storage '", key->s,
                   "' declares ", declared_numel, " elements but its data block holds ", numel);
-      const uint64_t nbytes = static_cast<uint64_t>(numel) * static_cast<uint64_t>(type.element_size);
+      const uint64_t nbytes =
+          static_cast<uint64_t>(numel) * static_cast<uint64_t>(type.element_size);
       COMBO_CHECK(numel >= 0 && nbytes <= data.size() - pos, "cannot read '", name_,
                   "': the file is truncated: storage '", key->s, "' needs ", nbytes,
                   " bytes of data, ", data.size() - pos, " remain");
@@ -595,20 +668,20 @@ class Interpreter {
   }
 
   std::string as_bytes(const ObjPtr& o, const char* what) const {
-    COMBO_CHECK(o->kind == Kind::kBytes, "cannot read '", name_, "': ", what, " is a ",
-                describe(o), ", expected bytes");
+    COMBO_CHECK(o->kind == Kind::kBytes, "cannot read '", name_, "': ", what, " is a ", describe(o),
+                ", expected bytes");
     return o->s;
   }
 
   int64_t as_int(const ObjPtr& o, const char* what) const {
-    COMBO_CHECK(o->kind == Kind::kInt, "cannot read '", name_, "': ", what, " is a ",
-                describe(o), ", expected an int");
+    COMBO_CHECK(o->kind == Kind::kInt, "cannot read '", name_, "': ", what, " is a ", describe(o),
+                ", expected an int");
     return o->i;
   }
 
   std::vector<int64_t> as_int_tuple(const ObjPtr& o, const char* what) const {
-    COMBO_CHECK(o->kind == Kind::kTuple || o->kind == Kind::kList, "cannot read '", name_, "': ",
-                what, " is a ", describe(o), ", expected a tuple of ints");
+    COMBO_CHECK(o->kind == Kind::kTuple || o->kind == Kind::kList, "cannot read '", name_,
+                "': ", what, " is a ", describe(o), ", expected a tuple of ints");
     std::vector<int64_t> v;
     for (const ObjPtr& x : o->items) v.push_back(as_int(x, what));
     return v;
@@ -649,9 +722,10 @@ class Interpreter {
       if (size[d] > 0) last += (size[d] - 1) * stride[d];
     }
     if (empty) return at::empty(size, storage.options());
-    COMBO_CHECK(offset >= 0 && last < storage.numel(), "cannot read '", name_, "': a tensor of size ",
-                at::IntArrayRef(size), ", stride ", at::IntArrayRef(stride), " and offset ",
-                offset, " needs ", last + 1, " elements but its storage holds ", storage.numel());
+    COMBO_CHECK(offset >= 0 && last < storage.numel(), "cannot read '", name_,
+                "': a tensor of size ", at::IntArrayRef(size), ", stride ", at::IntArrayRef(stride),
+                " and offset ", offset, " needs ", last + 1, " elements but its storage holds ",
+                storage.numel());
     return at::empty(size, storage.options()).copy_(storage.as_strided(size, stride, offset));
   }
 
@@ -707,9 +781,9 @@ class Interpreter {
                   name_, "': big-endian numpy arrays are not supported");
     }
     static const std::map<std::string, at::ScalarType> kTypes = {
-        {"f2", at::kHalf}, {"f4", at::kFloat},  {"f8", at::kDouble}, {"i1", at::kChar},
-        {"i2", at::kShort}, {"i4", at::kInt},   {"i8", at::kLong},   {"u1", at::kByte},
-        {"b1", at::kBool},
+        {"f2", at::kHalf}, {"f4", at::kFloat}, {"f8", at::kDouble},
+        {"i1", at::kChar}, {"i2", at::kShort}, {"i4", at::kInt},
+        {"i8", at::kLong}, {"u1", at::kByte},  {"b1", at::kBool},
     };
     auto it = kTypes.find(descr);
     COMBO_CHECK(it != kTypes.end(), "cannot read '", name_, "': unsupported numpy dtype '", descr,
@@ -723,15 +797,15 @@ class Interpreter {
     for (int64_t s : shape) numel *= s;
     const size_t nbytes = static_cast<size_t>(numel) * at::elementSize(dtype);
     COMBO_CHECK(bytes.size() == nbytes, "cannot read '", name_, "': a numpy array of shape ",
-                at::IntArrayRef(shape), " needs ", nbytes, " bytes, the file holds ",
-                bytes.size());
+                at::IntArrayRef(shape), " needs ", nbytes, " bytes, the file holds ", bytes.size());
     std::vector<int64_t> storage_shape = shape;
     if (fortran) storage_shape.assign(shape.rbegin(), shape.rend());
     at::Tensor t = at::empty(storage_shape, dtype);
     if (nbytes > 0) std::memcpy(t.data_ptr(), bytes.data(), nbytes);
     if (fortran) {
       std::vector<int64_t> perm(shape.size());
-      for (size_t d = 0; d < shape.size(); ++d) perm[d] = static_cast<int64_t>(shape.size() - 1 - d);
+      for (size_t d = 0; d < shape.size(); ++d)
+        perm[d] = static_cast<int64_t>(shape.size() - 1 - d);
       t = t.permute(perm).contiguous();
     }
     return t;
@@ -773,23 +847,23 @@ Interpreter::Result parse(const std::string& bytes, const std::string& name) {
       value = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
     } catch (const std::exception& e) {
       const std::string what = e.what();
-      COMBO_FAIL("cannot read '", name, "' (a torch.save zip file): ",
-                 what.substr(0, what.find('\n')));
+      COMBO_FAIL("cannot read '", name,
+                 "' (a torch.save zip file): ", what.substr(0, what.find('\n')));
     }
-    COMBO_CHECK(value.isTensor(), "cannot read '", name,
-                "': the torch.save file holds a ", value.tagKind(), ", expected a tensor");
+    COMBO_CHECK(value.isTensor(), "cannot read '", name, "': the torch.save file holds a ",
+                value.tagKind(), ", expected a tensor");
     return {value.toTensor().detach().contiguous(), true};
   }
   const auto first = static_cast<uint8_t>(bytes[0]);
   COMBO_CHECK(first == 0x80 || first == '(' || first == 'c' || first == ']' || first == '}',
               "cannot read '", name, "': not a Python pickle (first byte 0x", std::hex,
               static_cast<int>(first), ")");
-  Interpreter interpreter(name);
   Unpickler u(bytes, 0, name);
   const ObjPtr root = u.load();
+  Interpreter interpreter(name);
   if (root->kind == Kind::kBigInt && root->s == kLegacyMagic) {
-    Interpreter legacy(name);
-    return legacy.interpret_root(legacy.load_legacy(bytes));
+    // A legacy (non-zip) torch.save file of a tensor.
+    return interpreter.interpret_root(interpreter.load_legacy(bytes));
   }
   return interpreter.interpret_root(root);
 }
