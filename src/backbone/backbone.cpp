@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "combo/backbone/pvt_v2.h"
@@ -25,9 +26,8 @@ FeatureMap BackboneImpl::forward(const at::Tensor& x) {
 }
 
 const std::vector<std::string>& backbone_names() {
-  static const std::vector<std::string> names = {"pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2",
-                                                 "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5",
-                                                 "resnet50"};
+  static const std::vector<std::string> names = {"pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b3",
+                                                 "pvt_v2_b4", "pvt_v2_b5", "resnet50"};
   return names;
 }
 
@@ -35,11 +35,15 @@ Backbone build_backbone(const std::string& name, const BackboneOptions& options)
   if (name.rfind("pvt_v2_b", 0) == 0) {
     const auto& names = backbone_names();
     if (std::find(names.begin(), names.end(), name) != names.end()) {
-      return Backbone(std::make_shared<PvtV2Impl>(
-          PvtV2Options::variant(name).drop_path_rate(options.drop_path_rate())));
+      std::shared_ptr<BackboneImpl> impl = std::make_shared<PvtV2Impl>(
+          PvtV2Options::variant(name).drop_path_rate(options.drop_path_rate()));
+      return Backbone(impl);
     }
   }
-  if (name == "resnet50") return Backbone(std::make_shared<ResNetImpl>(ResNetOptions().depth(50)));
+  if (name == "resnet50") {
+    std::shared_ptr<BackboneImpl> impl = std::make_shared<ResNetImpl>(ResNetOptions().depth(50));
+    return Backbone(impl);
+  }
   std::ostringstream valid;
   for (const auto& n : backbone_names()) valid << (valid.tellp() > 0 ? ", " : "") << n;
   COMBO_FAIL("build_backbone: unknown backbone '", name, "'; valid names: ", valid.str());

@@ -47,6 +47,16 @@ at::Tensor image_as_tokens(const at::Tensor& image) { return image.flatten(2).tr
 
 bool grad_recording() { return at::GradMode::is_enabled(); }
 
+// torch::nn::Linear (the C++ frontend's functional::linear) runs a 3-D input as matmul plus a
+// separate bias pass; one addmm on the flattened tokens does both, as at::linear does.
+at::Tensor linear_tokens(torch::nn::Linear& fc, const at::Tensor& x) {
+  if (x.dim() == 3 && x.is_contiguous() && fc->bias.defined()) {
+    return at::addmm(fc->bias, x.view({-1, x.size(2)}), fc->weight.t())
+        .view({x.size(0), x.size(1), fc->weight.size(0)});
+  }
+  return fc->forward(x);
+}
+
 template <typename T>
 std::string join(const std::vector<T>& v) {
   std::ostringstream os;
@@ -141,8 +151,8 @@ void PvtAttentionImpl::reset() {
               " must be divisible by num_heads ", options.num_heads());
   COMBO_CHECK(options.sr_ratio() >= 1, "PvtAttention: sr_ratio must be >= 1, got ",
               options.sr_ratio());
-  q = register_module("q",
-                      torch::nn::Linear(torch::nn::LinearOptions(dim, dim).bias(options.qkv_bias())));
+  q = register_module(
+      "q", torch::nn::Linear(torch::nn::LinearOptions(dim, dim).bias(options.qkv_bias())));
   kv = register_module(
       "kv", torch::nn::Linear(torch::nn::LinearOptions(dim, 2 * dim).bias(options.qkv_bias())));
   proj = register_module("proj", torch::nn::Linear(dim, dim));
@@ -151,8 +161,7 @@ void PvtAttentionImpl::reset() {
   init_linear(proj);
   if (options.sr_ratio() > 1) {
     const int64_t r = options.sr_ratio();
-    sr = register_module("sr",
-                         torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, r).stride(r)));
+    sr = register_module("sr", torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, r).stride(r)));
     norm = register_module("norm", layer_norm(dim, kPatchNormEps));
     init_conv(sr);
   } else {
@@ -170,7 +179,7 @@ at::Tensor PvtAttentionImpl::forward(const at::Tensor& x, int64_t h, int64_t w) 
   COMBO_CHECK(x.dim() == 3 && x.size(2) == c && n == h * w, "PvtAttention: expected [B, ", h * w,
               ", ", c, "] tokens for a ", h, "x", w, " grid, got shape ", x.sizes());
 
-  at::Tensor queries = q->forward(x);  // [B, N, C]
+  at::Tensor queries = linear_tokens(q, x);  // [B, N, C]
   at::Tensor kv_in = x;
   if (options.sr_ratio() > 1) {
     const int64_t r = options.sr_ratio();
@@ -179,7 +188,7 @@ at::Tensor PvtAttentionImpl::forward(const at::Tensor& x, int64_t h, int64_t w) 
                 " (input image too small)");
     kv_in = norm->forward(image_as_tokens(sr->forward(tokens_as_image(x, h, w))));
   }
-  const at::Tensor keys_values = kv->forward(kv_in);  // [B, M, 2C]: keys then values
+  const at::Tensor keys_values = linear_tokens(kv, kv_in);  // [B, M, 2C]: keys then values
   const int64_t m = keys_values.size(1);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
 
@@ -189,7 +198,7 @@ at::Tensor PvtAttentionImpl::forward(const at::Tensor& x, int64_t h, int64_t w) 
     at::Tensor v = keys_values.narrow(2, c, c);
     at::Tensor attn = at::matmul(queries, k.transpose(1, 2)).mul_(scale);
     attn = at::softmax(attn, -1);
-    return proj->forward(at::matmul(attn, v));
+    return linear_tokens(proj, at::matmul(attn, v));
   }
   at::Tensor q4 = queries.view({b, n, heads, d}).transpose(1, 2);  // [B, h, N, d]
   at::Tensor kv5 = keys_values.view({b, m, 2, heads, d});
@@ -204,7 +213,7 @@ at::Tensor PvtAttentionImpl::forward(const at::Tensor& x, int64_t h, int64_t w) 
   attn = at::softmax(attn, -1);
   out = at::matmul(attn, v4);  // [B, h, N, d]
 #endif
-  return proj->forward(out.transpose(1, 2).reshape({b, n, c}));
+  return linear_tokens(proj, out.transpose(1, 2).reshape({b, n, c}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,14 +243,14 @@ void PvtMlpImpl::reset() {
 }
 
 at::Tensor PvtMlpImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
-  at::Tensor y = dwconv->forward(fc1->forward(x), h, w);
+  at::Tensor y = dwconv->forward(linear_tokens(fc1, x), h, w);
   // GELU's backward needs its input, so only go in place when nothing records gradients.
   if (grad_recording()) {
     y = at::gelu(y);
   } else {
     at::gelu_(y);
   }
-  return fc2->forward(y);
+  return linear_tokens(fc2, y);
 }
 
 // ---------------------------------------------------------------------------------------------

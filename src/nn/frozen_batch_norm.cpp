@@ -12,8 +12,8 @@ FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(const FrozenBatchNorm2dOptions& opt
 }
 
 void FrozenBatchNorm2dImpl::reset() {
-  COMBO_CHECK(options.num_features() > 0,
-              "FrozenBatchNorm2d: num_features must be positive, got ", options.num_features());
+  COMBO_CHECK(options.num_features() > 0, "FrozenBatchNorm2d: num_features must be positive, got ",
+              options.num_features());
   const int64_t c = options.num_features();
   weight = register_buffer("weight", torch::ones({c}));
   bias = register_buffer("bias", torch::zeros({c}));

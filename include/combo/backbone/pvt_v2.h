@@ -28,6 +28,10 @@ struct PvtV2Options {
   /// Defaults: PVT-v2-b0.
   PvtV2Options() = default;
 
+  /// The official variants "b0" .. "b5" (also accepted with the "pvt_v2_" prefix). Unknown
+  /// names throw combo::Error.
+  static PvtV2Options variant(const std::string& name);
+
   TORCH_ARG(std::vector<int64_t>, embed_dims) = {32, 64, 160, 256};
   TORCH_ARG(std::vector<int64_t>, num_heads) = {1, 2, 5, 8};
   /// Hidden width of each MLP = int(dim * mlp_ratio).
@@ -39,10 +43,6 @@ struct PvtV2Options {
   TORCH_ARG(bool, qkv_bias) = true;
   /// Stochastic depth of the last block; block k of all K gets rate * k / (K - 1).
   TORCH_ARG(double, drop_path_rate) = 0.1;
-
-  /// The official variants "b0" .. "b5" (also accepted with the "pvt_v2_" prefix). Unknown
-  /// names throw combo::Error.
-  static PvtV2Options variant(const std::string& name);
 };
 
 /// Overlapping patch embedding: Conv2d(k, stride, padding k/2) + LayerNorm (eps 1e-5).
