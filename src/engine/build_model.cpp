@@ -1,0 +1,79 @@
+#include "combo/engine/build_model.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "combo/core/check.h"
+#include "combo/core/state_dict.h"
+
+namespace combo::engine {
+
+model::ComboModelOptions model_options(const Config& config) {
+  const auto& m = config.model;
+  return model::ComboModelOptions()
+      .backbone(m.backbone.name)
+      .drop_path_rate(m.backbone.drop_path_rate)
+      .pre_sam(m.pre_sam.enabled)
+      .shared_encoders(m.pre_sam.shared)
+      .audio_dim(m.audio.dim)
+      .freeze_audio(m.audio.freeze)
+      .conv_dim(m.pixel_decoder.conv_dim)
+      .mask_dim(m.pixel_decoder.mask_dim)
+      .enc_layers(m.pixel_decoder.enc_layers)
+      .enc_heads(m.pixel_decoder.n_heads)
+      .enc_points(m.pixel_decoder.n_points)
+      .enc_dim_feedforward(m.pixel_decoder.dim_feedforward)
+      .enc_dropout(m.pixel_decoder.dropout)
+      .fusion_type(model::fusion_type_from_string(m.fusion.type))
+      .fusion_placement(model::fusion_placement_from_string(m.fusion.placement))
+      .fusion_heads(m.fusion.n_heads)
+      .fusion_dropout(m.fusion.dropout)
+      .fusion_layer_scale_init(m.fusion.layer_scale_init)
+      .num_classes(m.num_classes)
+      .num_queries(m.decoder.num_queries)
+      .hidden_dim(m.decoder.hidden_dim)
+      .dec_heads(m.decoder.n_heads)
+      .dec_dim_feedforward(m.decoder.dim_feedforward)
+      .dec_layers(m.decoder.dec_layers)
+      .pre_norm(m.decoder.pre_norm)
+      .audio_query_layout(model::audio_query_layout_from_string(m.decoder.audio_query_layout))
+      .pixel_mean(m.pixel_mean)
+      .pixel_std(m.pixel_std);
+}
+
+namespace {
+TensorDict read_weights(const std::string& key, const std::string& path) {
+  COMBO_CHECK(std::filesystem::exists(path), "config key '", key, "': weights file '", path,
+              "' does not exist");
+  return load_state_dict(path);
+}
+}  // namespace
+
+model::ComboModel build_model(const Config& config) {
+  model::ComboModel model(model_options(config));
+  const auto& m = config.model;
+  if (!m.weights.empty()) {
+    auto report = model::load_combo_checkpoint(*model, read_weights("model.weights", m.weights),
+                                               /*strict=*/true, m.weights);
+    spdlog::info("loaded COMBO weights from {} ({} tensors)", m.weights, report.loaded);
+    return model;
+  }
+  if (!m.backbone.weights.empty()) {
+    model::load_backbone_weights(*model, read_weights("model.backbone.weights", m.backbone.weights),
+                                 m.backbone.weights);
+    spdlog::info("loaded encoder weights from {} into {} encoder(s)", m.backbone.weights,
+                 model->pre_sam_backbone ? 2 : 1);
+  }
+  if (!m.audio.weights.empty()) {
+    LoadOptions opts;
+    opts.source = m.audio.weights;
+    load_state_dict_into(*model->audio_backbone,
+                         read_weights("model.audio.weights", m.audio.weights), opts);
+    spdlog::info("loaded VGGish weights from {}", m.audio.weights);
+  }
+  return model;
+}
+
+}  // namespace combo::engine
