@@ -253,6 +253,13 @@ std::vector<std::string> ignored_checkpoint_prefixes(const ComboModelImpl& model
                                           ? model.sem_seg_head->fusion_module.get()
                                           : model.fusion_module.get();
   for (const auto& p : fusion->official_only_prefixes()) out.push_back(fusion_prefix + p);
+  // Every released checkpoint was trained with the bidirectional module; a run that selects
+  // another type at test time (the official AVSS R50 test config selects "none") drops those
+  // weights, as detectron2's non-strict load did.
+  if (model.options.fusion_type() != FusionType::kBidirectional) {
+    out.push_back(fusion_prefix + "b_attn.");
+    out.push_back(fusion_prefix + "audio_pos.");
+  }
   return out;
 }
 

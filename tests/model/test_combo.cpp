@@ -272,6 +272,20 @@ TEST_F(ComboModelTest, SummaryListsModulesAndTotals) {
   EXPECT_NE(s.find(std::to_string(count_params(*m))), std::string::npos) << s;
 }
 
+TEST_F(ComboModelTest, BidirectionalCheckpointLoadsIntoAFusionNoneModel) {
+  ComboModel trained(tiny());
+  ComboModel test_time(tiny().fusion_type(FusionType::kNone));
+  auto sd = combo::module_state_dict(*trained);
+  sd["criterion.empty_weight"] = torch::tensor({1.0f, 1.0f, 0.1f});
+  auto report = combo::model::load_combo_checkpoint(*test_time, sd);
+  EXPECT_TRUE(report.clean()) << report.to_string();
+  EXPECT_TENSOR_EQ(sd.at("sem_seg_head.fusion_module.level_embed.weight"),
+                   test_time->sem_seg_head->fusion_module->level_embed->weight.detach());
+  // An unrelated stray key still fails a strict load.
+  sd["sem_seg_head.predictor.stray"] = torch::ones({1});
+  EXPECT_THROW(combo::model::load_combo_checkpoint(*test_time, sd), combo::Error);
+}
+
 TEST_F(ComboModelTest, BackboneWeightsGoIntoBothEncoders) {
   ComboModel m(tiny());
   auto src = combo::backbone::build_backbone("pvt_v2_b0");
