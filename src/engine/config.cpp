@@ -81,8 +81,8 @@ T parse_scalar(const YAML::Node& node, const std::string& path, const std::strin
   try {
     return node.as<T>();
   } catch (const YAML::Exception&) {
-    COMBO_FAIL("config key '", path, "' in ", source, ": expected ", type, ", got '",
-               node.Scalar(), "'");
+    COMBO_FAIL("config key '", path, "' in ", source, ": expected ", type, ", got '", node.Scalar(),
+               "'");
   }
 }
 
@@ -94,8 +94,7 @@ std::vector<T> parse_list(const YAML::Node& node, const std::string& path,
   std::vector<T> out;
   if (node.IsNull()) return out;
   for (size_t i = 0; i < node.size(); ++i)
-    out.push_back(
-        parse_scalar<T>(node[i], path + "[" + std::to_string(i) + "]", source, type));
+    out.push_back(parse_scalar<T>(node[i], path + "[" + std::to_string(i) + "]", source, type));
   return out;
 }
 
@@ -110,8 +109,8 @@ void assign(const FieldInfo& f, const YAML::Node& node, const std::string& sourc
         } else if constexpr (std::is_same_v<T, double>) {
           *p = parse_scalar<double>(node, f.path, source, "a number");
         } else if constexpr (std::is_same_v<T, std::string>) {
-          *p = node.IsNull() ? std::string() : parse_scalar<std::string>(node, f.path, source,
-                                                                          "a string");
+          *p = node.IsNull() ? std::string()
+                             : parse_scalar<std::string>(node, f.path, source, "a string");
         } else if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
           *p = parse_list<int64_t>(node, f.path, source, "integers");
         } else if constexpr (std::is_same_v<T, std::vector<double>>) {

@@ -23,8 +23,8 @@ void setup_logging(const std::string& output_dir, int rank, const std::string& l
     std::error_code ec;
     std::filesystem::create_directories(output_dir, ec);
     COMBO_CHECK(!ec, "cannot create output folder '", output_dir, "': ", ec.message());
-    const std::string file = output_dir + "/log.txt" +
-                             (rank == 0 ? std::string() : ".rank" + std::to_string(rank));
+    const std::string file =
+        output_dir + "/log.txt" + (rank == 0 ? std::string() : ".rank" + std::to_string(rank));
     try {
       auto file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(file, false);
       file_sink->set_level(lvl);

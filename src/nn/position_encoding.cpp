@@ -26,7 +26,8 @@ at::Tensor sine_position_encoding(int64_t height, int64_t width, int64_t num_pos
                      2 * torch::div(dim_t, 2, /*rounding_mode=*/"floor") / num_pos_feats);
   auto pos_y = y.unsqueeze(1) / dim_t;  // [H, F]
   auto pos_x = x.unsqueeze(1) / dim_t;  // [W, F]
-  // Interleave sin of even channels with cos of odd channels, as torch.stack(..., dim=3).flatten(3).
+  // Interleave sin of even channels with cos of odd channels, as torch.stack(...,
+  // dim=3).flatten(3).
   auto interleave = [](const at::Tensor& p) {
     using torch::indexing::Slice;
     auto s = p.index({Slice(), Slice(0, torch::indexing::None, 2)}).sin();

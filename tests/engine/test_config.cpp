@@ -53,8 +53,9 @@ TEST(ConfigTest, DefaultsAreTheOfficialRecipe) {
 TEST(ConfigTest, BaseChainsResolveRelativeToTheNamingFile) {
   TempDir dir;
   std::filesystem::create_directories(dir.path() / "_base_" / "deeper");
-  write(dir.file("_base_/deeper/root.yaml"),
-        "model:\n  decoder:\n    num_queries: 50\n    hidden_dim: 128\nsolver:\n  base_lr: 0.001\n");
+  write(
+      dir.file("_base_/deeper/root.yaml"),
+      "model:\n  decoder:\n    num_queries: 50\n    hidden_dim: 128\nsolver:\n  base_lr: 0.001\n");
   write(dir.file("_base_/a.yaml"),
         "_base_: deeper/root.yaml\nmodel:\n  decoder:\n    num_queries: 60\n  num_classes: 3\n");
   write(dir.file("_base_/b.yaml"), "model:\n  num_classes: 71\n  backbone:\n    name: resnet50\n");
@@ -62,9 +63,9 @@ TEST(ConfigTest, BaseChainsResolveRelativeToTheNamingFile) {
         "_base_: [_base_/a.yaml, _base_/b.yaml]\nsolver:\n  max_iter: 20\n"
         "data:\n  augment:\n    short_sides: [112, 224]\n");
   const Config c = load_config(dir.file("run.yaml"));
-  EXPECT_EQ(c.model.decoder.num_queries, 60);   // a overrides root
-  EXPECT_EQ(c.model.decoder.hidden_dim, 128);   // from root through a
-  EXPECT_EQ(c.model.num_classes, 71);           // the later base (b) wins over a
+  EXPECT_EQ(c.model.decoder.num_queries, 60);  // a overrides root
+  EXPECT_EQ(c.model.decoder.hidden_dim, 128);  // from root through a
+  EXPECT_EQ(c.model.num_classes, 71);          // the later base (b) wins over a
   EXPECT_EQ(c.model.backbone.name, "resnet50");
   EXPECT_DOUBLE_EQ(c.solver.base_lr, 0.001);
   EXPECT_EQ(c.solver.max_iter, 20);
@@ -75,12 +76,12 @@ TEST(ConfigTest, BaseChainsResolveRelativeToTheNamingFile) {
 TEST(ConfigTest, OverridesWinAndAreTypedByTheirField) {
   TempDir dir;
   write(dir.file("run.yaml"), "solver:\n  max_iter: 20\nmodel:\n  pre_sam:\n    enabled: true\n");
-  const Config c = load_config(
-      dir.file("run.yaml"),
-      {"solver.max_iter=7", "solver.base_lr=2e-4", "model.pre_sam.enabled=false",
-       "data.root=/data/with: colon #x", "data.augment.short_sides=100,200",
-       "model.pixel_mean=[1, 2.5, 3]", "solver.warmup_factor=1", "loss.consistency.type=none",
-       "solver.max_iter=9"});
+  const Config c =
+      load_config(dir.file("run.yaml"),
+                  {"solver.max_iter=7", "solver.base_lr=2e-4", "model.pre_sam.enabled=false",
+                   "data.root=/data/with: colon #x", "data.augment.short_sides=100,200",
+                   "model.pixel_mean=[1, 2.5, 3]", "solver.warmup_factor=1",
+                   "loss.consistency.type=none", "solver.max_iter=9"});
   EXPECT_EQ(c.solver.max_iter, 9);  // the last override of a key wins
   EXPECT_DOUBLE_EQ(c.solver.base_lr, 2e-4);
   EXPECT_FALSE(c.model.pre_sam.enabled);

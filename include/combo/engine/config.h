@@ -42,7 +42,7 @@ struct PixelDecoderConfig {
 
 struct FusionConfig {
   std::string type = "bidirectional";  ///< bidirectional | visual_to_audio | audio_only | none
-  std::string placement = "late";      ///< late (after the pixel decoder) | early (on backbone maps)
+  std::string placement = "late";  ///< late (after the pixel decoder) | early (on backbone maps)
   int64_t n_heads = 8;
   double dropout = 0.1;
   double layer_scale_init = 1e-4;
@@ -73,7 +73,7 @@ struct ModelConfig {
 };
 
 struct ConsistencyConfig {
-  std::string type = "adaptive";     ///< adaptive (d*exp(-d)) | fixed (d) | none
+  std::string type = "adaptive";      ///< adaptive (d*exp(-d)) | fixed (d) | none
   std::string grouping = "official";  ///< official (groups of 5 frames) | per_video
   double weight = 10.0;
 };
@@ -152,8 +152,8 @@ struct TestConfig {
 };
 
 struct RuntimeConfig {
-  int64_t seed = 0;      ///< < 0: drawn at random and logged
-  int64_t threads = 0;   ///< intra-op threads; 0 = all cores
+  int64_t seed = 0;            ///< < 0: drawn at random and logged
+  int64_t threads = 0;         ///< intra-op threads; 0 = all cores
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
 };
 
