@@ -143,6 +143,13 @@ void save_state_dict(const std::string& path, const TensorDict& dict) {
   save_pickle_file(path, to_ivalue(dict));
 }
 
+int64_t count_parameters(const torch::nn::Module& module, bool trainable_only) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters(/*recurse=*/true))
+    if (!trainable_only || p.requires_grad()) n += p.numel();
+  return n;
+}
+
 TensorDict module_state_dict(const torch::nn::Module& module) {
   TensorDict out;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) out[p.key()] = p.value();

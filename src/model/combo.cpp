@@ -31,13 +31,6 @@ audio::AudioMlpOptions audio_mlp_options(const ComboModelOptions& o) {
   return audio::AudioMlpOptions(o.audio_dim(), 4096, o.hidden_dim());
 }
 
-int64_t count(const torch::nn::Module& m, bool trainable_only) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters())
-    if (!trainable_only || p.requires_grad()) n += p.numel();
-  return n;
-}
-
 }  // namespace
 
 SemSegHeadImpl::SemSegHeadImpl(const ComboModelOptions& options_,
@@ -215,7 +208,8 @@ std::string ComboModelImpl::summary() const {
   std::ostringstream os;
   auto line = [&](const std::string& name, const torch::nn::Module& m) {
     os << "  " << std::left << std::setw(36) << name << std::right << std::setw(13)
-       << count(m, false) << std::setw(13) << count(m, true) << "\n";
+       << count_parameters(m) << std::setw(13) << count_parameters(m, /*trainable_only=*/true)
+       << "\n";
   };
   os << "ComboModel (" << options.backbone() << ", " << options.num_classes() << " classes, "
      << options.num_queries() << " queries)\n"

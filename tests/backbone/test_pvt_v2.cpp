@@ -16,12 +16,6 @@ using combo::testing::SeededTest;
 
 namespace {
 
-int64_t count_parameters(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.numel();
-  return n;
-}
-
 // Official conv arithmetic: out = floor((in + 2 * pad - k) / stride) + 1.
 int64_t conv_out(int64_t in, int64_t k, int64_t stride) {
   return (in + 2 * (k / 2) - k) / stride + 1;
@@ -99,14 +93,14 @@ TEST(PvtV2Parity, ParameterCountsMatchOfficialBuilders) {
   const combo::TensorDict sd = fx.state_dict();
   int64_t stored = 0;
   for (const auto& [k, t] : sd) stored += t.numel();
-  EXPECT_EQ(count_parameters(*PvtV2(infer_pvt_options(sd, fx))), stored);
+  EXPECT_EQ(combo::count_parameters(*PvtV2(infer_pvt_options(sd, fx))), stored);
   if (fx.has("info/b0_num_params")) {
-    EXPECT_EQ(count_parameters(*PvtV2(PvtV2Options::variant("b0"))),
+    EXPECT_EQ(combo::count_parameters(*PvtV2(PvtV2Options::variant("b0"))),
               fx.integer("info/b0_num_params"));
   }
   if (fx.has("info/b5_num_params")) {
     PvtV2 b5(PvtV2Options::variant("b5"));
-    EXPECT_EQ(count_parameters(*b5), fx.integer("info/b5_num_params"));
+    EXPECT_EQ(combo::count_parameters(*b5), fx.integer("info/b5_num_params"));
     EXPECT_EQ(static_cast<int64_t>(combo::module_state_dict(*b5).size()),
               fx.integer("info/b5_num_state_dict_entries"));
   }
@@ -129,7 +123,7 @@ TEST_F(PvtV2Test, SyntheticOfficialStateDictsLoadStrictly) {
     EXPECT_EQ(shapes.size(), entries);
 
     PvtV2 model(PvtV2Options::variant(name));
-    EXPECT_EQ(count_parameters(*model), params);
+    EXPECT_EQ(combo::count_parameters(*model), params);
     const auto sd = combo::testing::random_state_dict(shapes);
     const auto report = combo::backbone::load_backbone_state_dict(*model, sd);
     EXPECT_TRUE(report.clean()) << report.to_string();

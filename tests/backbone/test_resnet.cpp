@@ -14,12 +14,6 @@ using combo::testing::SeededTest;
 
 namespace {
 
-int64_t count_parameters(const torch::nn::Module& m) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters()) n += p.numel();
-  return n;
-}
-
 // Depth from the number of blocks per stage, widths from the stem and res2 weights.
 ResNetOptions infer_resnet_options(const combo::TensorDict& sd) {
   std::vector<int64_t> blocks;
@@ -106,7 +100,7 @@ TEST(ResNetParity, StateDictNamesShapesAndCountsMatch) {
     }
   }
   if (fx.has("info/num_params")) {
-    EXPECT_EQ(count_parameters(*model), fx.integer("info/num_params"));
+    EXPECT_EQ(combo::count_parameters(*model), fx.integer("info/num_params"));
   }
   if (fx.has("info/num_state_dict_entries")) {
     EXPECT_EQ(static_cast<int64_t>(ours.size()), fx.integer("info/num_state_dict_entries"));
@@ -127,7 +121,7 @@ TEST_F(ResNetTest, SyntheticDetectron2StateDictLoadsStrictly) {
   EXPECT_EQ(shapes.size(), 265u);
 
   ResNet model;
-  EXPECT_EQ(count_parameters(*model), conv_params);
+  EXPECT_EQ(combo::count_parameters(*model), conv_params);
   EXPECT_EQ(model->parameters().size(), 53u);
   auto sd = combo::testing::random_state_dict(shapes);
   const auto report = combo::backbone::load_backbone_state_dict(*model, sd);

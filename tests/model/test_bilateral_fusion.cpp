@@ -23,12 +23,6 @@ class BilateralFusionTest : public combo::testing::SeededTest {};
 const std::vector<FusionType> kAllTypes = {FusionType::kBidirectional, FusionType::kVisualToAudio,
                                            FusionType::kAudioOnly, FusionType::kNone};
 
-int64_t count_parameters(const torch::nn::Module& module) {
-  int64_t total = 0;
-  for (const auto& p : module.parameters()) total += p.numel();
-  return total;
-}
-
 std::set<std::string> keys_of(const combo::TensorDict& dict) {
   std::set<std::string> keys;
   for (const auto& kv : dict) keys.insert(kv.first);
@@ -126,7 +120,7 @@ TEST(BilateralFusionParity, OutputsAndGradsMatchOfficial) {
   EXPECT_TRUE(report.clean()) << report.to_string();
   int64_t stored = 0;
   for (const auto& kv : sd) stored += kv.second.numel();
-  EXPECT_EQ(count_parameters(*model), stored);
+  EXPECT_EQ(combo::count_parameters(*model), stored);
   model->eval();
 
   const at::Tensor visual = fx.tensor("inputs/visual_res2").clone().set_requires_grad(true);
@@ -145,8 +139,8 @@ TEST(BilateralFusionParity, OutputsAndGradsMatchOfficial) {
 
 TEST_F(BilateralFusionTest, ParameterCountMatchesSpec) {
   BilateralFusion model;  // COMBO_SPEC 15(c): AVFuse MHA-B, 256-d mask features, 128-d audio
-  EXPECT_EQ(count_parameters(*model), 297856);
-  EXPECT_EQ(count_parameters(*model->b_attn->attn_list[0]), 296320);
+  EXPECT_EQ(combo::count_parameters(*model), 297856);
+  EXPECT_EQ(combo::count_parameters(*model->b_attn->attn_list[0]), 296320);
 }
 
 TEST_F(BilateralFusionTest, BidirectionalKeysAreOfficial) {

@@ -17,13 +17,6 @@ using combo::model::FusionType;
 
 namespace {
 
-int64_t count_params(const torch::nn::Module& m, bool trainable_only = false) {
-  int64_t n = 0;
-  for (const auto& p : m.parameters())
-    if (!trainable_only || p.requires_grad()) n += p.numel();
-  return n;
-}
-
 // A small model for fast unit tests.
 ComboModelOptions tiny() {
   return ComboModelOptions()
@@ -200,7 +193,8 @@ TEST_F(ComboModelTest, SiamEncoderSwitchesChangeTheComputation) {
   const auto names_shared = param_names(*shared);
   EXPECT_FALSE(has_prefix(names_shared, "pre_sam_backbone."));
   EXPECT_TRUE(has_prefix(names_shared, "scale_factor_module."));
-  EXPECT_EQ(count_params(*on) - count_params(*shared), count_params(*on->pre_sam_backbone));
+  EXPECT_EQ(combo::count_parameters(*on) - combo::count_parameters(*shared),
+            combo::count_parameters(*on->pre_sam_backbone));
 }
 
 TEST_F(ComboModelTest, FusionPlacementAndTypesRegisterOnlyWhatTheyUse) {
@@ -258,9 +252,9 @@ TEST_F(ComboModelTest, ParameterCountsEqualTheSpec) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.backbone + " C=" + std::to_string(c.classes));
     ComboModel m(ComboModelOptions().backbone(c.backbone).num_classes(c.classes));
-    EXPECT_EQ(count_params(*m, /*trainable_only=*/true), c.trainable);
-    EXPECT_EQ(count_params(*m), c.total);
-    EXPECT_EQ(count_params(*m->audio_backbone), 72141184);
+    EXPECT_EQ(combo::count_parameters(*m, /*trainable_only=*/true), c.trainable);
+    EXPECT_EQ(combo::count_parameters(*m), c.total);
+    EXPECT_EQ(combo::count_parameters(*m->audio_backbone), 72141184);
   }
 }
 
@@ -269,7 +263,7 @@ TEST_F(ComboModelTest, SummaryListsModulesAndTotals) {
   const auto s = m->summary();
   EXPECT_NE(s.find("pre_sam_backbone"), std::string::npos) << s;
   EXPECT_NE(s.find("sem_seg_head.predictor"), std::string::npos) << s;
-  EXPECT_NE(s.find(std::to_string(count_params(*m))), std::string::npos) << s;
+  EXPECT_NE(s.find(std::to_string(combo::count_parameters(*m))), std::string::npos) << s;
 }
 
 TEST_F(ComboModelTest, BidirectionalCheckpointLoadsIntoAFusionNoneModel) {
@@ -309,7 +303,7 @@ TEST(ComboModelParity, FullModelInferenceMatchesTheOfficialCode) {
       combo::model::load_combo_checkpoint(*model, sd, /*strict=*/true, fx.path().string());
   EXPECT_TRUE(report.clean()) << report.to_string();
   if (fx.has("info/num_params")) {
-    EXPECT_EQ(count_params(*model), fx.integer("info/num_params"));
+    EXPECT_EQ(combo::count_parameters(*model), fx.integer("info/num_params"));
   }
   model->eval();
   const auto images = fx.tensor("inputs/images");

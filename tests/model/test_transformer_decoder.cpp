@@ -24,12 +24,6 @@ namespace {
 
 class TransformerDecoderTest : public combo::testing::SeededTest {};
 
-int64_t count_parameters(const torch::nn::Module& module) {
-  int64_t total = 0;
-  for (const auto& p : module.parameters()) total += p.numel();
-  return total;
-}
-
 std::vector<at::Tensor> tensor_list(const combo::testing::Fixture& fx, const std::string& key) {
   std::vector<at::Tensor> out;
   const auto list = fx.value(key).toList();
@@ -202,14 +196,14 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
 TEST_F(TransformerDecoderTest, ParameterCountsMatchSpec) {
   // COMBO_SPEC 15(c): S4/MS3 (2 classes) and AVSS (71 classes).
   MultiScaleMaskedTransformerDecoder s4(TransformerDecoderOptions(2));
-  EXPECT_EQ(count_parameters(*s4), 14459395);
-  EXPECT_EQ(count_parameters(*s4->transformer_ffn_layers[0]) +
-                count_parameters(*s4->transformer_self_attention_layers[0]) +
-                count_parameters(*s4->transformer_cross_attention_layers[0]),
+  EXPECT_EQ(combo::count_parameters(*s4), 14459395);
+  EXPECT_EQ(combo::count_parameters(*s4->transformer_ffn_layers[0]) +
+                combo::count_parameters(*s4->transformer_self_attention_layers[0]) +
+                combo::count_parameters(*s4->transformer_cross_attention_layers[0]),
             1578752);
   EXPECT_EQ(s4->num_layers(), 9);
   MultiScaleMaskedTransformerDecoder avss(TransformerDecoderOptions(71));
-  EXPECT_EQ(count_parameters(*avss), 14477128);
+  EXPECT_EQ(combo::count_parameters(*avss), 14477128);
 }
 
 TEST_F(TransformerDecoderTest, KeysAreOfficial) {

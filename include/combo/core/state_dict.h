@@ -45,6 +45,10 @@ TensorDict load_state_dict(const std::string& path, const std::string& key = "")
 /// Saves a flat state dict atomically; `torch.load` in Python returns a plain dict.
 void save_state_dict(const std::string& path, const TensorDict& dict);
 
+/// Number of parameter elements of `module` (buffers excluded); only those with requires_grad
+/// when `trainable_only`.
+int64_t count_parameters(const torch::nn::Module& module, bool trainable_only = false);
+
 /// All parameters and buffers of `module` by their dotted names.
 TensorDict module_state_dict(const torch::nn::Module& module);
 
