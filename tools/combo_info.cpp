@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 
 #include "combo/core/env.h"
@@ -35,6 +36,7 @@ combo::model::ComboInputs synthetic_clip(int64_t videos, int64_t frames, int64_t
 }  // namespace
 
 int main(int argc, char** argv) {
+  combo::engine::prefer_passive_openmp(argc, argv);
   CLI::App app{"combo-info: runtime, resolved configuration and model summary of ComboAVS"};
   std::string config_file;
   std::string dump_path;
@@ -60,7 +62,9 @@ int main(int argc, char** argv) {
     const combo::engine::Config cfg = combo::engine::load_config(config_file, overrides);
     combo::setup_runtime(static_cast<int>(cfg.runtime.threads),
                          static_cast<uint64_t>(std::max<int64_t>(cfg.runtime.seed, 0)));
-    std::cout << combo::runtime_info().to_string() << "\n\n";
+    std::cout << combo::runtime_info().to_string() << ", OpenMP wait policy "
+              << (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "default")
+              << "\n\n";
     if (fields) {
       combo::engine::Config defaults;
       for (const auto& f : combo::engine::config_fields(defaults)) {

@@ -2,6 +2,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <iostream>
 #include <string>
 
@@ -18,6 +21,14 @@ int run_tool(const std::function<int()>& body) {
     std::cerr << "error: " << e.what() << std::endl;
   }
   return 1;
+}
+
+void prefer_passive_openmp(int argc, char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+  (void)argc;
+  ::execv("/proc/self/exe", argv);
+  // execv returns only on failure: carry on with the default policy.
 }
 
 }  // namespace combo::engine

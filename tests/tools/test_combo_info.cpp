@@ -45,6 +45,15 @@ TEST(ComboInfoIntegration, DumpsAConfigThatLoadsBack) {
               combo::engine::load_config(cfg, {"solver.max_iter=3", "model.fusion.type=none"}));
 }
 
+TEST(ComboInfoIntegration, OpenMpWaitsPassivelyUnlessTheUserChose) {
+  auto r = run("env -u OMP_WAIT_POLICY " + tool() + " --fields");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("OpenMP wait policy PASSIVE"), std::string::npos) << r.output;
+  r = run("env OMP_WAIT_POLICY=ACTIVE " + tool() + " --fields");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("OpenMP wait policy ACTIVE"), std::string::npos) << r.output;
+}
+
 TEST(ComboInfoIntegration, ErrorsPrintErrorAndExitNonZero) {
   auto r = run(tool() + " solver.max_itr=3");
   EXPECT_NE(r.status, 0);
