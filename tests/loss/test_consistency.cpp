@@ -40,19 +40,8 @@ void expect_gradient_matches(const std::function<at::Tensor(const at::Tensor&)>&
   auto x = x0.clone().requires_grad_(true);
   f(x).backward();
   auto analytic = x.grad().clone();
-  auto flat = x0.clone().view(-1);
-  auto numeric = torch::zeros_like(flat);
-  const double h = 1e-6;
-  for (int64_t i = 0; i < flat.numel(); ++i) {
-    const double keep = flat[i].item<double>();
-    flat[i] = keep + h;
-    const double up = f(flat.view(x0.sizes())).item<double>();
-    flat[i] = keep - h;
-    const double down = f(flat.view(x0.sizes())).item<double>();
-    flat[i] = keep;
-    numeric[i] = (up - down) / (2 * h);
-  }
-  EXPECT_TENSOR_NEAR_ABS(numeric.view(x0.sizes()), analytic, 1e-7);
+  const auto numeric = combo::testing::numeric_gradient(f, x0);
+  EXPECT_TENSOR_NEAR_ABS(numeric, analytic, 1e-7);
 }
 
 }  // namespace

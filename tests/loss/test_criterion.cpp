@@ -81,19 +81,8 @@ void expect_gradient_matches(const std::function<at::Tensor(const at::Tensor&)>&
                              const at::Tensor& x0) {
   auto x = x0.clone().requires_grad_(true);
   f(x).backward();
-  auto flat = x0.clone().view(-1);
-  auto numeric = torch::zeros_like(flat);
-  const double h = 1e-6;
-  for (int64_t i = 0; i < flat.numel(); ++i) {
-    const double keep = flat[i].item<double>();
-    flat[i] = keep + h;
-    const double up = f(flat.view(x0.sizes())).item<double>();
-    flat[i] = keep - h;
-    const double down = f(flat.view(x0.sizes())).item<double>();
-    flat[i] = keep;
-    numeric[i] = (up - down) / (2 * h);
-  }
-  EXPECT_TENSOR_NEAR_ABS(numeric.view(x0.sizes()), x.grad(), 1e-7);
+  const auto numeric = combo::testing::numeric_gradient(f, x0);
+  EXPECT_TENSOR_NEAR_ABS(numeric, x.grad(), 1e-7);
 }
 
 SetCriterionOptions small_options(int64_t classes, int64_t points) {

@@ -66,6 +66,22 @@ namespace {
   return ::testing::AssertionFailure() << "tensors differ, max abs diff " << max_abs_diff(ref, got);
 }
 
+at::Tensor numeric_gradient(const std::function<at::Tensor(const at::Tensor&)>& f,
+                            const at::Tensor& x0, double h) {
+  auto flat = x0.clone().view(-1);
+  auto numeric = torch::zeros_like(flat);
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double keep = flat[i].item<double>();
+    flat[i] = keep + h;
+    const double up = f(flat.view(x0.sizes())).item<double>();
+    flat[i] = keep - h;
+    const double down = f(flat.view(x0.sizes())).item<double>();
+    flat[i] = keep;
+    numeric[i] = (up - down) / (2 * h);
+  }
+  return numeric.view(x0.sizes());
+}
+
 fs::path source_dir() { return fs::path(COMBO_SOURCE_DIR); }
 fs::path binary_dir() { return fs::path(COMBO_BINARY_DIR); }
 

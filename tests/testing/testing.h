@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -28,6 +29,10 @@ double rel_error(const at::Tensor& ref, const at::Tensor& got);
 ::testing::AssertionResult tensors_near_rel(const at::Tensor& ref, const at::Tensor& got,
                                             double tol);
 ::testing::AssertionResult tensors_equal(const at::Tensor& ref, const at::Tensor& got);
+
+/// Central finite differences of the scalar function f at x0 (use float64), step h per element.
+at::Tensor numeric_gradient(const std::function<at::Tensor(const at::Tensor&)>& f,
+                            const at::Tensor& x0, double h = 1e-6);
 
 #define EXPECT_TENSOR_NEAR_ABS(ref, got, tol) \
   EXPECT_TRUE(::combo::testing::tensors_near_abs((ref), (got), (tol)))
