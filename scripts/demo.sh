@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 build=${COMBO_BUILD_DIR:-build}
 
 scripts/install_deps.sh
+# ccache needs a cache folder even where HOME is not set (some CI environments).
+export CCACHE_DIR=${CCACHE_DIR:-${HOME:-/tmp}/.cache/ccache}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMBO_BUILD_TESTS=OFF -DCOMBO_BUILD_TOOLS=ON
 cmake --build "$build" -j "$(nproc)"
 

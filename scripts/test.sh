@@ -9,6 +9,8 @@ build=${COMBO_BUILD_DIR:-build}
 jobs=$(nproc)
 
 scripts/install_deps.sh
+# ccache needs a cache folder even where HOME is not set (some CI environments).
+export CCACHE_DIR=${CCACHE_DIR:-${HOME:-/tmp}/.cache/ccache}
 
 start=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMBO_BUILD_TESTS=ON -DCOMBO_BUILD_TOOLS=ON
