@@ -5,6 +5,7 @@
 #include <set>
 
 #include "backbone/official_shapes.h"
+#include "backbone_parity.h"
 #include "combo/backbone/pvt_v2.h"
 #include "combo/core/check.h"
 #include "testing/testing.h"
@@ -53,12 +54,6 @@ PvtV2Options infer_pvt_options(const combo::TensorDict& sd, const combo::testing
   return o;
 }
 
-at::Tensor feature_loss(const FeatureMap& out) {
-  at::Tensor loss = torch::zeros({}, out.begin()->second.options());
-  for (const auto& [name, t] : out) loss = loss + t.pow(2).mean();
-  return loss;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -71,21 +66,7 @@ TEST(PvtV2Parity, OutputsAndInputGradientsMatchOfficial) {
   EXPECT_TRUE(report.clean()) << report.to_string();
   EXPECT_EQ(report.loaded, static_cast<int64_t>(sd.size()));
 
-  at::Tensor x = fx.tensor("inputs/x").clone().requires_grad_(true);
-  const FeatureMap out = model->forward(x);
-  const combo::TensorDict ref = fx.tensors("outputs");
-  ASSERT_EQ(ref.size(), out.size());
-  for (const auto& [name, r] : ref) {
-    ASSERT_TRUE(out.count(name)) << name;
-    EXPECT_TENSOR_NEAR_ABS(r, out.at(name), 1e-4) << name;
-  }
-  feature_loss(out).backward();
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/x"), x.grad(), 1e-3);
-  // The fixture's rel measure floors the scale at 1, which says nothing about gradients far
-  // below 1; also compare against the gradient's own scale.
-  const at::Tensor ref_grad = fx.tensor("grads/x");
-  EXPECT_LE(combo::testing::max_abs_diff(ref_grad, x.grad()),
-            1e-3 * ref_grad.abs().max().item<double>());
+  combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kAbs, 1e-4);
 }
 
 TEST(PvtV2Parity, ParameterCountsMatchOfficialBuilders) {
@@ -210,7 +191,7 @@ TEST_F(PvtV2Test, GradientsReachEveryParameter) {
   PvtV2 model(PvtV2Options::variant("b0").drop_path_rate(0.0));
   model->train();
   const FeatureMap out = model->forward(torch::randn({2, 3, 64, 64}));
-  feature_loss(out).backward();
+  combo::testing::feature_loss(out).backward();
   for (const auto& p : model->named_parameters()) {
     ASSERT_TRUE(p.value().grad().defined()) << p.key();
     EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();

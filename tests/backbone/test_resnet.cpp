@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include "backbone/official_shapes.h"
+#include "backbone_parity.h"
 #include "combo/backbone/resnet.h"
 #include "combo/core/check.h"
 #include "combo/nn/frozen_batch_norm.h"
@@ -33,12 +34,6 @@ ResNetOptions infer_resnet_options(const combo::TensorDict& sd) {
       .res2_out_channels(sd.at("res2.0.conv3.weight").size(0));
 }
 
-at::Tensor feature_loss(const FeatureMap& out) {
-  at::Tensor loss = torch::zeros({}, out.begin()->second.options());
-  for (const auto& [name, t] : out) loss = loss + t.pow(2).mean();
-  return loss;
-}
-
 // A random FrozenBN state: statistics as the fixtures perturb them.
 void randomise_norms(torch::nn::Module& m) {
   torch::NoGradGuard no_grad;
@@ -67,21 +62,7 @@ TEST(ResNetParity, OutputsAndInputGradientsMatchDetectron2) {
       combo::backbone::load_backbone_state_dict(*model, sd, {true, {}, "resnet50_d2.pt"});
   EXPECT_TRUE(report.clean()) << report.to_string();
 
-  at::Tensor x = fx.tensor("inputs/x").clone().requires_grad_(true);
-  const FeatureMap out = model->forward(x);
-  const combo::TensorDict ref = fx.tensors("outputs");
-  ASSERT_EQ(ref.size(), out.size());
-  for (const auto& [name, r] : ref) {
-    ASSERT_TRUE(out.count(name)) << name;
-    EXPECT_TENSOR_NEAR_REL(r, out.at(name), 1e-4) << name;
-  }
-  feature_loss(out).backward();
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/x"), x.grad(), 1e-3);
-  // The fixture's rel measure floors the scale at 1, which says nothing about gradients far
-  // below 1; also compare against the gradient's own scale.
-  const at::Tensor ref_grad = fx.tensor("grads/x");
-  EXPECT_LE(combo::testing::max_abs_diff(ref_grad, x.grad()),
-            1e-3 * ref_grad.abs().max().item<double>());
+  combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kRel, 1e-4);
 }
 
 TEST(ResNetParity, StateDictNamesShapesAndCountsMatch) {
@@ -217,7 +198,7 @@ TEST_F(ResNetTest, GradientsReachEveryConvolutionAndNormsStayFrozen) {
   const combo::TensorDict before = combo::module_state_dict(*model);
   std::map<std::string, at::Tensor> buffers_before;
   for (const auto& b : model->named_buffers()) buffers_before[b.key()] = b.value().clone();
-  feature_loss(model->forward(torch::randn({2, 3, 64, 64}))).backward();
+  combo::testing::feature_loss(model->forward(torch::randn({2, 3, 64, 64}))).backward();
   for (const auto& p : model->named_parameters()) {
     ASSERT_TRUE(p.value().grad().defined()) << p.key();
     EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
