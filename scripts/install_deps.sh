@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas-dev libgloo-dev
-  libopencv-dev
+  libopencv-dev libopencv-contrib-dev
   libavformat-dev libavcodec-dev libswscale-dev libswresample-dev libavutil-dev
   libsndfile1-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev

@@ -76,4 +76,39 @@ model::ComboModel build_model(const Config& config) {
   return model;
 }
 
+loss::SetCriterionOptions criterion_options(const Config& config) {
+  const auto& l = config.loss;
+  return loss::SetCriterionOptions(config.model.num_classes)
+      .class_weight(l.class_weight)
+      .mask_weight(l.mask_weight)
+      .dice_weight(l.dice_weight)
+      .no_object_weight(l.no_object_weight)
+      .deep_supervision(l.deep_supervision)
+      .num_points(l.train_num_points)
+      .oversample_ratio(l.oversample_ratio)
+      .importance_sample_ratio(l.importance_sample_ratio)
+      .consistency(loss::ConsistencyOptions()
+                       .type(loss::parse_consistency_type(l.consistency.type))
+                       .grouping(loss::parse_consistency_grouping(l.consistency.grouping))
+                       .weight(l.consistency.weight));
+}
+
+loss::SetCriterion build_criterion(const Config& config) {
+  return loss::SetCriterion(criterion_options(config));
+}
+
+void load_model_weights(model::ComboModelImpl& model, const std::string& path) {
+  TensorDict dict = read_weights("--weights", path);
+  // combo-train checkpoints (marked by checkpoint.version) hold the model under "model."
+  // next to the optimiser and RNG state.
+  if (dict.count("checkpoint.version")) {
+    TensorDict inner;
+    for (const auto& [k, v] : dict)
+      if (k.rfind("model.", 0) == 0) inner[k.substr(6)] = v;
+    dict = std::move(inner);
+  }
+  auto report = model::load_combo_checkpoint(model, dict, /*strict=*/true, path);
+  spdlog::info("loaded {} tensors from {}", report.loaded, path);
+}
+
 }  // namespace combo::engine

@@ -1,6 +1,7 @@
 #pragma once
 /// Building the COMBO model from the configuration (the network code never sees the config).
 #include "combo/engine/config.h"
+#include "combo/loss/criterion.h"
 #include "combo/model/combo.h"
 
 namespace combo::engine {
@@ -12,5 +13,16 @@ model::ComboModelOptions model_options(const Config& config);
 /// checkpoint, strict), else `model.backbone.weights` into both encoders; `model.audio.weights`
 /// into VGGish. Missing files are errors naming the key and the file.
 model::ComboModel build_model(const Config& config);
+
+/// Criterion options from `config.loss` and `model.num_classes` (COMBO_SPEC 7.1).
+loss::SetCriterionOptions criterion_options(const Config& config);
+
+/// The training objective the config describes.
+loss::SetCriterion build_criterion(const Config& config);
+
+/// Loads a weights file into `model`, strictly (an error lists every missing, unexpected or
+/// mis-shaped key, e.g. after a class-count change): a converted COMBO checkpoint with the
+/// official key names, or a combo-train checkpoint (model tensors under the `model.` prefix).
+void load_model_weights(model::ComboModelImpl& model, const std::string& path);
 
 }  // namespace combo::engine

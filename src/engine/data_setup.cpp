@@ -1,0 +1,65 @@
+#include "combo/engine/data_setup.h"
+
+#include "combo/core/check.h"
+
+namespace combo::engine {
+
+data::DatasetOptions dataset_options(const Config& c, const std::string& split, bool train) {
+  data::DatasetOptions o;
+  o.kind = loss::parse_dataset_kind(c.data.dataset);
+  o.root = c.data.root;
+  o.split = split;
+  o.audio_source = c.data.audio_source;
+  o.load_maskige = c.model.pre_sam.enabled;
+  o.train = train;
+  o.augment = train && c.data.augment.enabled;
+  o.avss_frames = c.data.avss_frames;
+  o.image_size = c.data.image_size;
+  o.skip_bad = c.data.skip_bad;
+  o.check_masks = c.data.check_masks;
+  o.silence_audio = c.data.silence_audio;
+  auto& a = o.augment_options;
+  a.short_sides = c.data.augment.short_sides;
+  a.max_size = c.data.augment.max_size;
+  a.crop_size = c.data.augment.crop_size;
+  a.pad_size = c.data.augment.pad_size;
+  a.color_jitter = c.data.augment.color_jitter;
+  a.jitter_maskige = c.data.augment.jitter_maskige;
+  a.flip_prob = c.data.augment.flip_prob;
+  return o;
+}
+
+data::LoaderOptions train_loader_options(const Config& c, int64_t rank, int64_t world_size) {
+  COMBO_CHECK(c.solver.ims_per_batch % world_size == 0, "solver.ims_per_batch (",
+              c.solver.ims_per_batch, ") must be divisible by the number of processes (",
+              world_size, ")");
+  data::LoaderOptions o;
+  o.batch_videos = c.solver.ims_per_batch / world_size;
+  o.num_workers = c.data.num_workers;
+  o.prefetch = c.data.prefetch;
+  o.shuffle = true;
+  o.infinite = true;
+  o.seed = static_cast<uint64_t>(c.runtime.seed);
+  o.rank = rank;
+  o.world_size = world_size;
+  return o;
+}
+
+data::LoaderOptions eval_loader_options(const Config& c, int64_t rank, int64_t world_size) {
+  data::LoaderOptions o;
+  o.batch_videos = c.test.batch_size;
+  o.num_workers = c.data.num_workers;
+  o.prefetch = c.data.prefetch;
+  o.shuffle = false;
+  o.infinite = false;
+  o.rank = rank;
+  o.world_size = world_size;
+  return o;
+}
+
+std::shared_ptr<const data::AvsDataset> build_dataset(const Config& config,
+                                                      const std::string& split, bool train) {
+  return std::make_shared<const data::AvsDataset>(dataset_options(config, split, train));
+}
+
+}  // namespace combo::engine

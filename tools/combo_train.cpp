@@ -1,0 +1,140 @@
+// combo-train: trains COMBO from a config (official recipe by default), with periodic
+// checkpoints and validation, exact --resume, and a clean stop on SIGINT/SIGTERM.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <random>
+
+#include "combo/core/check.h"
+#include "combo/core/env.h"
+#include "combo/core/state_dict.h"
+#include "combo/data/loader.h"
+#include "combo/engine/build_model.h"
+#include "combo/engine/config.h"
+#include "combo/engine/data_setup.h"
+#include "combo/engine/evaluation.h"
+#include "combo/engine/logging.h"
+#include "combo/engine/tool.h"
+#include "combo/engine/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// The data loader as the trainer's batch source: collated videos plus their targets.
+class LoaderSource : public combo::engine::BatchSource {
+ public:
+  LoaderSource(combo::data::DataLoader& loader, combo::loss::DatasetKind kind)
+      : loader_(loader), kind_(kind) {}
+  combo::engine::TrainBatch next() override {
+    auto batch = loader_.next();
+    COMBO_CHECK(batch.has_value(), "the training loader ended (it should be infinite)");
+    auto t = combo::data::make_targets(*batch, kind_, /*train=*/true);
+    combo::engine::TrainBatch out;
+    out.inputs = std::move(batch->inputs);
+    out.targets = std::move(t.targets);
+    out.layout = std::move(t.layout);
+    return out;
+  }
+  std::pair<int64_t, int64_t> position() const override {
+    const auto p = loader_.position();
+    return {p.epoch, p.batch};
+  }
+
+ private:
+  combo::data::DataLoader& loader_;
+  combo::loss::DatasetKind kind_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  combo::engine::prefer_passive_openmp(argc, argv);
+  CLI::App app{"combo-train: train COMBO on AVSBench (S4, MS3, AVSS)"};
+  std::string config_file;
+  std::vector<std::string> overrides;
+  bool resume = false, no_eval = false;
+  app.add_option("--config", config_file, "YAML config (with _base_ inheritance)")->required();
+  app.add_flag("--resume", resume,
+               "continue from <output_dir>/last_checkpoint (model, optimiser, schedule, RNG, "
+               "loader position)");
+  app.add_flag("--no-eval", no_eval, "no periodic validation");
+  app.add_option("overrides", overrides, "key.path=value overrides");
+  CLI11_PARSE(app, argc, argv);
+
+  return combo::engine::run_tool([&] {
+    auto cfg = combo::engine::load_config(config_file, overrides);
+    if (cfg.runtime.seed < 0) {
+      cfg.runtime.seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+    }
+    fs::create_directories(cfg.output_dir);
+    combo::engine::setup_logging(cfg.output_dir);
+    const auto info = combo::setup_runtime(static_cast<int>(cfg.runtime.threads),
+                                           static_cast<uint64_t>(cfg.runtime.seed));
+    spdlog::info("combo-train {} | {}", config_file, info.to_string());
+    spdlog::info("seed {}", cfg.runtime.seed);
+    const std::string yaml = combo::engine::dump_config(cfg);
+    combo::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), yaml);
+    combo::write_file_atomic((fs::path(cfg.output_dir) / "env.json").string(), info.to_json() + "\n");
+
+    const auto kind = combo::loss::parse_dataset_kind(cfg.data.dataset);
+    const at::Device device(cfg.runtime.device);
+    auto model = combo::engine::build_model(cfg);
+    model->to(device);
+    auto criterion = combo::engine::build_criterion(cfg);
+    criterion->to(device);
+    spdlog::info("model:\n{}", model->summary());
+
+    auto options = combo::engine::trainer_options_from_config(cfg);
+    combo::engine::Trainer trainer(model, criterion, options);
+    const auto start = trainer.resume_or_load(resume);
+    if (start.resumed)
+      spdlog::info("resuming from {} at iteration {} (loader epoch {}, batch {})", start.checkpoint,
+                   start.start_iter, start.loader_position.first, start.loader_position.second);
+
+    auto train_set = combo::engine::build_dataset(cfg, cfg.data.train_split, /*train=*/true);
+    auto loader_options = combo::engine::train_loader_options(cfg);
+    loader_options.start_epoch = start.loader_position.first;
+    loader_options.start_batch = start.loader_position.second;
+    combo::data::DataLoader loader(train_set, loader_options);
+    spdlog::info("training on {} videos of {} '{}' ({} batches of {} per epoch)", train_set->size(),
+                 cfg.data.dataset, cfg.data.train_split, loader.batches_per_epoch(),
+                 loader_options.batch_videos);
+
+    std::shared_ptr<const combo::data::AvsDataset> val_set;
+    if (!no_eval && !cfg.data.val_split.empty()) {
+      val_set = combo::engine::build_dataset(cfg, cfg.data.val_split, /*train=*/false);
+      trainer.set_evaluator([&](int64_t iteration) {
+        combo::data::DataLoader vl(val_set, combo::engine::eval_loader_options(cfg));
+        auto evaluator = combo::engine::make_evaluator(cfg);
+        combo::engine::EvaluationOptions eo;
+        eo.device = device;
+        combo::engine::run_evaluation(*model, vl, *evaluator, kind, eo);
+        const auto r = evaluator->evaluate();
+        spdlog::info("validation at iteration {} ({} videos, protocol {}): mIoU {:.4f}, F {:.4f}",
+                     iteration + 1, val_set->size(), r.protocol, r.metrics.at("mIoU"),
+                     r.metrics.at("F"));
+        return std::map<std::string, double>{{"mIoU", r.metrics.at("mIoU")},
+                                             {"F", r.metrics.at("F")}};
+      });
+    }
+
+    LoaderSource source(loader, kind);
+    const auto result = trainer.run(source, start.start_iter);
+    if (loader.skipped() > 0)
+      spdlog::warn("{} bad video(s) were skipped during training (data.skip_bad)", loader.skipped());
+    if (train_set->index_errors().size() > 0)
+      spdlog::warn("{} bad video(s) were left out of the training index",
+                   train_set->index_errors().size());
+    if (result.status == combo::engine::TrainStatus::kInterrupted) {
+      spdlog::warn("stopped by signal {} after iteration {}; checkpoint {}; continue with --resume",
+                   result.signal, result.last_iteration + 1, result.checkpoint);
+      return 0;
+    }
+    for (const auto& [k, v] : trainer.metrics()) spdlog::info("{} = {}", k, v);
+    spdlog::info("training finished: {} iterations, final checkpoint {}", result.last_iteration + 1,
+                 result.checkpoint);
+    return 0;
+  });
+}
