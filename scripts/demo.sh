@@ -33,7 +33,7 @@ t0=$(date +%s)
 mkdir -p "$out"
 data="$out/data/AVSBench_object/Single-source"
 echo "== 1/4 synthetic AVSBench S4 tree -> $data"
-"$build/tools/combo-synth" --dataset s4 --out "$data" --train 64 --val 16 --test 16 --size 96 \
+"$build/tools/combo-synth" --dataset s4 --out "$data" --train 64 --val 16 --test 16 --size 64 \
     --classes 4 --seed 0
 
 train() {  # name, extra overrides...

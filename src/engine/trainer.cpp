@@ -284,7 +284,9 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
       MetricsRecord r;
       r.iteration = t;
       r.max_iter = options_.max_iter;
-      r.lr = optimizer_.lr(0);
+      // The base lr in force (the heads' group; the encoders run at backbone_multiplier x it).
+      r.lr = 0;
+      for (size_t g = 0; g < optimizer_.groups.size(); ++g) r.lr = std::max(r.lr, optimizer_.lr(g));
       const double n = std::max<int64_t>(window.losses_count, 1);
       for (const auto& [k, v] : window.loss_sums) r.losses[k] = v / n;
       r.total_loss = window.losses_count ? window.total_sum / n : std::nan("");

@@ -44,6 +44,8 @@ TEST_F(EvaluationTest, BinaryRunnerFeedsEveryVideoInOrder) {
   spec.val = 3;
   ct::write_s4_tree(dir.path(), spec);
   auto cfg = tiny_config("s4", dir.path());
+  // One video per call, as the hand-fed evaluator below (batching changes float sums).
+  cfg.test.batch_size = 1;
   auto model = engine::build_model(cfg);
   auto ds = engine::build_dataset(cfg, "val", false);
   data::DataLoader loader(ds, engine::eval_loader_options(cfg));

@@ -91,6 +91,19 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+/// A shell command's exit status (-1 when it did not exit normally) and its stdout and stderr
+/// together.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+};
+
+/// Runs `command` through /bin/sh with stderr folded into stdout.
+CommandResult run_shell(const std::string& command);
+
+/// A built executable of tools/: <build>/tools/<name>.
+std::string tool_path(const std::string& name);
+
 /// The project's source directory (for configs and scripts).
 std::filesystem::path source_dir();
 /// The build directory (for executables).

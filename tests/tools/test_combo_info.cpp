@@ -10,22 +10,8 @@
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-// Runs a command with stderr folded into stdout.
-Result run(const std::string& cmd) {
-  Result r;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((cmd + " 2>&1").c_str(), "r"), pclose);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe.get())) > 0) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe.release());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+using Result = combo::testing::CommandResult;
+using combo::testing::run_shell;
 
 std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-info").string(); }
 
@@ -34,7 +20,7 @@ std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-inf
 TEST(ComboInfoIntegration, DumpsAConfigThatLoadsBack) {
   combo::testing::TempDir dir;
   const auto cfg = (combo::testing::source_dir() / "configs/demo/demo.yaml").string();
-  auto r = run(tool() + " --config " + cfg + " --dump " + dir.file("dump.yaml") +
+  auto r = run_shell(tool() + " --config " + cfg + " --dump " + dir.file("dump.yaml") +
                " solver.max_iter=3 model.fusion.type=none");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("LibTorch"), std::string::npos) << r.output;
@@ -46,20 +32,20 @@ TEST(ComboInfoIntegration, DumpsAConfigThatLoadsBack) {
 }
 
 TEST(ComboInfoIntegration, OpenMpWaitsPassivelyUnlessTheUserChose) {
-  auto r = run("env -u OMP_WAIT_POLICY " + tool() + " --fields");
+  auto r = run_shell("env -u OMP_WAIT_POLICY " + tool() + " --fields");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("OpenMP wait policy PASSIVE"), std::string::npos) << r.output;
-  r = run("env OMP_WAIT_POLICY=ACTIVE " + tool() + " --fields");
+  r = run_shell("env OMP_WAIT_POLICY=ACTIVE " + tool() + " --fields");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("OpenMP wait policy ACTIVE"), std::string::npos) << r.output;
 }
 
 TEST(ComboInfoIntegration, ErrorsPrintErrorAndExitNonZero) {
-  auto r = run(tool() + " solver.max_itr=3");
+  auto r = run_shell(tool() + " solver.max_itr=3");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error: unknown config key 'solver.max_itr'"), std::string::npos)
       << r.output;
-  r = run(tool() + " --config /nonexistent/x.yaml");
+  r = run_shell(tool() + " --config /nonexistent/x.yaml");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error: config file '/nonexistent/x.yaml' does not exist"),
             std::string::npos)
@@ -68,7 +54,7 @@ TEST(ComboInfoIntegration, ErrorsPrintErrorAndExitNonZero) {
 
 TEST(ComboInfoIntegration, ModelSummaryCountsParameters) {
   const auto cfg = (combo::testing::source_dir() / "configs/demo/demo.yaml").string();
-  auto r = run(tool() + " --config " + cfg + " --no-config --model");
+  auto r = run_shell(tool() + " --config " + cfg + " --no-config --model");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("sem_seg_head.predictor"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pre_sam_backbone"), std::string::npos) << r.output;

@@ -13,6 +13,8 @@
 #include <memory>
 #include <thread>
 
+#include <opencv2/core.hpp>
+
 #include "combo/core/state_dict.h"
 #include "combo/io/image.h"
 #include "combo/io/video.h"
@@ -23,21 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run(const std::string& cmd) {
-  Result r;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((cmd + " 2>&1").c_str(), "r"), pclose);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe.get())) > 0) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe.release());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+using Result = combo::testing::CommandResult;
+using combo::testing::run_shell;
 
 std::string tool(const std::string& name) {
   return (combo::testing::binary_dir() / "tools" / name).string();
@@ -81,7 +70,7 @@ class TrainEvalSmoke : public ::testing::Test {
 };
 
 TEST_F(TrainEvalSmoke, TrainResumeAndEvaluate) {
-  auto r = run(tool("combo-train") + " --config " + cfg.string());
+  auto r = run_shell(tool("combo-train") + " --config " + cfg.string());
   ASSERT_EQ(r.status, 0) << r.output;
   for (const char* f : {"model_0000001.pth", "model_0000003.pth", "model_final.pth",
                         "model_best.pth", "last_checkpoint", "config.yaml", "env.json",
@@ -103,14 +92,14 @@ TEST_F(TrainEvalSmoke, TrainResumeAndEvaluate) {
   EXPECT_GE(records, 1);
 
   // Resume to 6 iterations: starts after the final checkpoint of the first run.
-  r = run(tool("combo-train") + " --config " + cfg.string() + " --resume solver.max_iter=6");
+  r = run_shell(tool("combo-train") + " --config " + cfg.string() + " --resume solver.max_iter=6");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("resuming from"), std::string::npos) << r.output;
   EXPECT_TRUE(fs::exists(out / "model_0000005.pth"));
 
   // Evaluate the final weights on the test split with overlays and videos.
   const fs::path ev = dir.path() / "eval";
-  r = run(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
+  r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
           (out / "model_final.pth").string() + " --out " + ev.string() + " --overlays --videos");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto m = nlohmann::json::parse(read_text(ev / "metrics.json"));
@@ -138,7 +127,7 @@ TEST_F(TrainEvalSmoke, SigtermWritesACheckpointAndResumeFinishes) {
   const std::string cmd = tool("combo-train") + " --config " + cfg.string() +
                           " --no-eval solver.max_iter=400 solver.checkpoint_period=3 > " +
                           (dir.path() / "train.log").string() + " 2>&1 & echo $!";
-  auto started = run(cmd);
+  auto started = run_shell(cmd);
   const pid_t pid = std::stoi(started.output);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (!fs::exists(out / "model_0000002.pth") && std::chrono::steady_clock::now() < deadline)
@@ -156,7 +145,7 @@ TEST_F(TrainEvalSmoke, SigtermWritesACheckpointAndResumeFinishes) {
   const int64_t stopped_at = ckpt.at("iteration").item<int64_t>();
   EXPECT_GE(stopped_at, 2);
   EXPECT_LT(stopped_at, 399);
-  auto r = run(tool("combo-train") + " --config " + cfg.string() +
+  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() +
                " --no-eval --resume solver.max_iter=" + std::to_string(stopped_at + 3) +
                " solver.checkpoint_period=3");
   ASSERT_EQ(r.status, 0) << r.output;
@@ -166,9 +155,9 @@ TEST_F(TrainEvalSmoke, SigtermWritesACheckpointAndResumeFinishes) {
 }
 
 TEST_F(TrainEvalSmoke, EvalRejectsWeightsOfAnotherClassCountListingTheKeys) {
-  auto r = run(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
+  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
   ASSERT_EQ(r.status, 0) << r.output;
-  r = run(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
+  r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
           (out / "model_final.pth").string() + " --out " + (dir.path() / "e2").string() +
           " model.num_classes=71");
   EXPECT_NE(r.status, 0);
@@ -179,10 +168,60 @@ TEST_F(TrainEvalSmoke, EvalRejectsWeightsOfAnotherClassCountListingTheKeys) {
   for (const auto& [k, v] : sd)
     if (k.rfind("model.backbone.", 0) != 0) partial[k] = v;
   combo::save_state_dict((dir.path() / "partial.pth").string(), partial);
-  r = run(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
+  r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
           (dir.path() / "partial.pth").string() + " --out " + (dir.path() / "e3").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("backbone.patch_embed1.proj.weight"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
+  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  // A 3.5 s clip at 10 fps with a tone: the AVSBench rule takes 3 frames (one per second).
+  std::vector<cv::Mat> frames;
+  for (int i = 0; i < 35; ++i) frames.push_back(combo::testing::test_frame(1, i, 48, 64));
+  const int64_t n = 16000 * 35 / 10;
+  const auto audio = at::sin(at::arange(n, at::kFloat) * (2 * M_PI * 440.0 / 16000.0)) * 0.5;
+  combo::io::VideoWriterOptions vo;
+  vo.fps = 10;
+  const fs::path mp4 = dir.path() / "clip.mp4";
+  combo::io::write_video(mp4.string(), frames, audio, vo);
+  const fs::path inf = dir.path() / "infer";
+  r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
+          (out / "model_final.pth").string() + " --video " + mp4.string() + " --out " +
+          inf.string() + " data.image_size=32");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto summary = nlohmann::json::parse(read_text(inf / "summary.json"));
+  EXPECT_EQ(summary["num_frames"], 3);
+  EXPECT_EQ(summary["frame_rule"], "avsbench");
+  EXPECT_EQ(summary["has_audio"], true);
+  EXPECT_EQ(summary["frames"][1]["video_frame_index"], 19);  // int((2-1)*10 + 0.9375*10)
+  for (int k = 0; k < 3; ++k) {
+    const cv::Mat m = combo::io::read_label_map((inf / "masks" / (std::to_string(k) + ".png")).string());
+    EXPECT_EQ(m.rows, 32);
+    EXPECT_EQ(cv::countNonZero((m != 0) & (m != 255)), 0);
+    EXPECT_TRUE(fs::exists(inf / "overlays" / (std::to_string(k) + ".png")));
+    EXPECT_TRUE(fs::exists(inf / "maskiges" / (std::to_string(k) + ".png")));
+  }
+  const auto info = combo::io::probe_video((inf / "overlay.mp4").string());
+  EXPECT_TRUE(info.has_audio);
+  EXPECT_EQ(info.width, 32);
+  EXPECT_GE(info.duration, 2.9);
+  // A video without sound is an error unless --allow-silent.
+  const fs::path mute = dir.path() / "mute.mp4";
+  combo::io::write_video(mute.string(), frames, at::Tensor(), vo);
+  r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
+          (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
+          (dir.path() / "mute_out").string() + " data.image_size=32");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("no audio track"), std::string::npos) << r.output;
+  r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
+          (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
+          (dir.path() / "mute_out").string() + " --allow-silent --rate 2 data.image_size=32");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto s2 = nlohmann::json::parse(read_text(dir.path() / "mute_out" / "summary.json"));
+  EXPECT_EQ(s2["frame_rule"], "rate");
+  EXPECT_EQ(s2["num_frames"], 7);  // t = 0, 0.5, ..., 3.0 s
 }
 
 }  // namespace

@@ -619,21 +619,8 @@ TEST(SynthPkl, LogMelFilesMatchTheWavs) {
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run(const std::string& cmd) {
-  Result r;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((cmd + " 2>&1").c_str(), "r"), pclose);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe.get())) > 0) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe.release());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+using Result = combo::testing::CommandResult;
+using combo::testing::run_shell;
 
 std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-synth").string(); }
 
@@ -641,7 +628,7 @@ std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-syn
 
 TEST(ComboSynthIntegration, ToolWritesWhatTheLibraryWrites) {
   combo::testing::TempDir a, b;
-  const auto r = run(tool() + " --dataset s4 --out " + a.path().string() +
+  const auto r = run_shell(tool() + " --dataset s4 --out " + a.path().string() +
                      " --train 1 --val 1 --test 1 --size 64 --classes 3 --seed 7");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("3 videos"), std::string::npos) << r.output;
@@ -659,16 +646,16 @@ TEST(ComboSynthIntegration, ToolWritesWhatTheLibraryWrites) {
 
 TEST(ComboSynthIntegration, NoRawVideosAndErrors) {
   combo::testing::TempDir dir;
-  auto r = run(tool() + " --dataset ms3 --out " + dir.path().string() +
+  auto r = run_shell(tool() + " --dataset ms3 --out " + dir.path().string() +
                " --train 1 --val 0 --test 0 --size 32 --no-raw-videos");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_FALSE(fs::exists(dir.path() / "ms3_data/raw_videos"));
   EXPECT_TRUE(fs::exists(dir.path() / "ms3_meta_data.csv"));
-  r = run(tool() + " --dataset ms3 --out " + dir.path().string() + " --train 1 --size 32");
+  r = run_shell(tool() + " --dataset ms3 --out " + dir.path().string() + " --train 1 --size 32");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
-  r = run(tool() + " --dataset s5 --out " + dir.path().string());
+  r = run_shell(tool() + " --dataset s5 --out " + dir.path().string());
   EXPECT_NE(r.status, 0);
-  r = run(tool() + " --dataset s4 --out " + dir.path().string() + " --classes 71");
+  r = run_shell(tool() + " --dataset s4 --out " + dir.path().string() + " --classes 71");
   EXPECT_NE(r.status, 0);
 }

@@ -25,21 +25,8 @@ using combo::testing::TempDir;
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run(const std::string& cmd) {
-  Result r;
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen((cmd + " 2>&1").c_str(), "r"), pclose);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe.get())) > 0) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe.release());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+using Result = combo::testing::CommandResult;
+using combo::testing::run_shell;
 
 std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-maskige").string(); }
 
@@ -86,7 +73,7 @@ TEST(ComboMaskigeIntegration, S4TreeWritesSkipsAndOverwrites) {
       stems.push_back(video + "/" + stem);
     }
   }
-  Result r = run(tool() + " --dataset s4 --root " + dir.path().string() + " --jobs 2");
+  Result r = run_shell(tool() + " --dataset s4 --root " + dir.path().string() + " --jobs 2");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("written 6, skipped 0"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("frames/s"), std::string::npos) << r.output;
@@ -111,11 +98,11 @@ TEST(ComboMaskigeIntegration, S4TreeWritesSkipsAndOverwrites) {
   EXPECT_EQ(files, 6);
 
   const auto before = fs::last_write_time(s4 / "pre_SAM_mask/train/dog/vidA/vidA_1_mask_color.png");
-  r = run(tool() + " --dataset s4 --root " + dir.path().string());
+  r = run_shell(tool() + " --dataset s4 --root " + dir.path().string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("written 0, skipped 6"), std::string::npos) << r.output;
   EXPECT_EQ(before, fs::last_write_time(s4 / "pre_SAM_mask/train/dog/vidA/vidA_1_mask_color.png"));
-  r = run(tool() + " --dataset s4 --root " + s4.string() + " --overwrite --mode safe");
+  r = run_shell(tool() + " --dataset s4 --root " + s4.string() + " --overwrite --mode safe");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("written 6, skipped 0"), std::string::npos) << r.output;
 }
@@ -131,7 +118,7 @@ TEST(ComboMaskigeIntegration, FromNpyMirrorsTheTreeAndReportsFailures) {
   combo::io::write_npy((in / "train/cat/v1/v1_2_mask.npy").string(), b);
   std::ofstream(in / "train/cat/v1/v1_1.png") << "frames beside the stacks are ignored";
   const fs::path out = dir.path() / "no_overlap";
-  Result r = run(tool() + " --from-npy " + in.string() + " --out " + out.string());
+  Result r = run_shell(tool() + " --from-npy " + in.string() + " --out " + out.string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("written 2"), std::string::npos) << r.output;
   for (const auto& [name, masks] : {std::pair{"v1_1", a}, std::pair{"v1_2", b}}) {
@@ -145,14 +132,14 @@ TEST(ComboMaskigeIntegration, FromNpyMirrorsTheTreeAndReportsFailures) {
 
   // A broken stack: exit status 1, the file named in the summary, the others still written.
   std::ofstream(in / "train/cat/v1/v1_3_mask.npy") << "not numpy";
-  r = run(tool() + " --from-npy " + in.string() + " --out " + out.string());
+  r = run_shell(tool() + " --from-npy " + in.string() + " --out " + out.string());
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("written 0, skipped 2"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("failed: " + (in / "train/cat/v1/v1_3_mask.npy").string()),
             std::string::npos)
       << r.output;
 
-  r = run(tool() + " --video-dir " + (dir.path() / "absent").string());
+  r = run_shell(tool() + " --video-dir " + (dir.path() / "absent").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
 }
@@ -182,7 +169,7 @@ TEST(ComboMaskigeIntegration, DatasetLayoutsOfMs3AndAvss) {
 }
 
 TEST(ComboMaskigeOfficialScriptParity, MatchesTheScriptRunByNumpyAndPillow) {
-  if (run("/usr/bin/python3 -c 'import numpy, PIL'").status != 0) {
+  if (run_shell("/usr/bin/python3 -c 'import numpy, PIL'").status != 0) {
     std::cout << "[ SKIP REASON ] /usr/bin/python3 with numpy and Pillow is not available"
               << std::endl;
     GTEST_SKIP() << "python3 with numpy and Pillow is not available";
@@ -239,13 +226,13 @@ for name in sys.argv[3:]:
   }
   std::string cmd = "/usr/bin/python3 " + script + " " + dir.path().string() + " " + palette;
   for (const auto& s : stacks) cmd += " " + s.first;
-  const Result r = run(cmd);
+  const Result r = run_shell(cmd);
   ASSERT_EQ(r.status, 0) << r.output;
   // numpy >= 1.25 may dispatch argsort to x86-simd-sort, whose order of equal areas differs
   // from the generic introsort that kOfficial reproduces (see numpy_argsort); stacks with ties
   // are then left out.
   const Result version =
-      run("/usr/bin/python3 -c \"import numpy; v = numpy.__version__.split('.'); "
+      run_shell("/usr/bin/python3 -c \"import numpy; v = numpy.__version__.split('.'); "
           "print(int(v[0]) * 100 + int(v[1]))\"");
   const bool generic_sort = version.status == 0 && std::stoi(version.output) < 125;
   for (const auto& s : stacks) {
