@@ -73,7 +73,7 @@ def main():
                 ax.plot(x, y, style, label=f"{name}: {key}")
         x, y = consistency(rows)
         if x:
-            ax.plot(x, y, (0, (1, 3)), label=f"{name}: loss_cosine (sum)")
+            ax.plot(x, y, linestyle=(0, (1, 3)), label=f"{name}: loss_cosine (sum)")
         x, y = series(rows, "lr")
         axes[1].plot(x, y, label=name)
         for key in ("mIoU", "F"):
