@@ -1,8 +1,8 @@
 // combo-eval: evaluates a model on a split with the official metrics and writes metrics.json,
 // a per-video CSV, overlay PNGs and (on request) overlay MP4s with the original audio.
+#include <torch/torch.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include <csignal>
 #include <filesystem>
@@ -107,7 +107,9 @@ int main(int argc, char** argv) {
           cv::Mat o = combo::engine::overlay_prediction(v.frames[k], v.masks[k], semantic);
           if (overlays)
             combo::io::write_png(
-                (fs::path(out_dir) / "overlays" / v.video_id / (std::to_string(k) + ".png")).string(), o);
+                (fs::path(out_dir) / "overlays" / v.video_id / (std::to_string(k) + ".png"))
+                    .string(),
+                o);
           frames.push_back(o);
         }
         if (videos) {

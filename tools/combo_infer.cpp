@@ -1,10 +1,10 @@
 // combo-infer: any video file with sound -> frames (AVSBench rule or a given rate) -> Maskiges
 // from a proposer -> COMBO -> mask PNGs, overlay PNGs, an overlay MP4 with the original audio
 // and a JSON summary.
-#include <CLI/CLI.hpp>
 #include <c10/core/InferenceMode.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -136,10 +136,12 @@ int main(int argc, char** argv) {
       for (int64_t s = 0; s < t; s += clip) {
         const int64_t e = std::min(t, s + clip);
         combo::model::ComboInputs in;
-        in.images = at::stack(std::vector<at::Tensor>(frames.begin() + s, frames.begin() + e)).to(device);
+        in.images =
+            at::stack(std::vector<at::Tensor>(frames.begin() + s, frames.begin() + e)).to(device);
         if (!maskiges.empty())
           in.maskiges =
-              at::stack(std::vector<at::Tensor>(maskiges.begin() + s, maskiges.begin() + e)).to(device);
+              at::stack(std::vector<at::Tensor>(maskiges.begin() + s, maskiges.begin() + e))
+                  .to(device);
         in.log_mel = log_mel.slice(0, s, e).to(device);
         in.frames_per_video = {e - s};
         const auto pred = model->predict(in);
@@ -180,8 +182,8 @@ int main(int argc, char** argv) {
     vo.fps = rate > 0 ? rate : 1.0;
     vo.audio_sample_rate = combo::audio::kVggishSampleRate;
     const std::string mp4 = (fs::path(out_dir) / "overlay.mp4").string();
-    combo::io::write_video(mp4, overlays, audio16k.defined() ? audio16k.to(at::kFloat) : at::Tensor(),
-                           vo);
+    combo::io::write_video(mp4, overlays,
+                           audio16k.defined() ? audio16k.to(at::kFloat) : at::Tensor(), vo);
     summary["video"] = video;
     summary["duration_s"] = info.duration;
     summary["fps"] = info.fps;
@@ -194,7 +196,8 @@ int main(int argc, char** argv) {
     summary["semantic"] = semantic;
     summary["commit"] = combo::engine::build_commit();
     summary["seconds"] = {{"frames_audio_maskige", prep_s}, {"model", model_s}};
-    summary["outputs"] = {{"masks", "masks/<frame>.png"}, {"overlays", "overlays/<frame>.png"},
+    summary["outputs"] = {{"masks", "masks/<frame>.png"},
+                          {"overlays", "overlays/<frame>.png"},
                           {"video", "overlay.mp4"}};
     combo::write_file_atomic((fs::path(out_dir) / "summary.json").string(), summary.dump(2) + "\n");
     std::cout << "segmented " << t << " frames of " << video << " in " << prep_s + model_s

@@ -1,8 +1,8 @@
 #include "combo/data/avsbench.h"
 
 #include <ATen/ATen.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -128,15 +128,16 @@ std::vector<std::string> numbered(const fs::path& dir, const std::string& prefix
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.size() <= prefix.size() + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+    if (name.size() <= prefix.size() + suffix.size() ||
+        name.compare(0, prefix.size(), prefix) != 0 ||
         name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
       continue;
     const std::string num = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
     if (num.find_first_not_of("0123456789") != std::string::npos) continue;
     const int64_t k = std::stoll(num);
     COMBO_CHECK(k < first + static_cast<int64_t>(out.size()), "frame missing: ",
-                (dir / (prefix + std::to_string(first + out.size()) + suffix)).string(), " (",
-                name, " exists)");
+                (dir / (prefix + std::to_string(first + out.size()) + suffix)).string(), " (", name,
+                " exists)");
   }
   return out;
 }
@@ -159,7 +160,8 @@ std::string lower(std::string s) {
 void s4_record(VideoRecord& r, const fs::path& data, bool train) {
   const fs::path rel = fs::path(r.split) / r.group / r.id;
   const fs::path frames_dir = data / "visual_frames" / rel;
-  COMBO_CHECK(path_exists(frames_dir), "S4 video ", r.id, ": frame folder missing: ", frames_dir.string());
+  COMBO_CHECK(path_exists(frames_dir), "S4 video ", r.id,
+              ": frame folder missing: ", frames_dir.string());
   r.frames = numbered(frames_dir, r.id + "_", ".png", 1);
   COMBO_CHECK(!r.frames.empty(), "S4 video ", r.id, ": no frame ", r.id, "_1.png in ",
               frames_dir.string());
@@ -199,8 +201,8 @@ std::vector<VideoRecord> index_s4(const fs::path& root, const DatasetOptions& o,
   } else {
     // COMBO's registration: sorted listing of visual_frames/<split>/<category>/<video>.
     const fs::path split_dir = data / "visual_frames" / o.split;
-    COMBO_CHECK(path_exists(split_dir), "S4: neither ", csv_path.string(), " nor ", split_dir.string(),
-                " exists");
+    COMBO_CHECK(path_exists(split_dir), "S4: neither ", csv_path.string(), " nor ",
+                split_dir.string(), " exists");
     for (const auto& cat : sorted_dirs(split_dir))
       for (const auto& vid : sorted_dirs(split_dir / cat)) {
         VideoRecord r;
@@ -236,8 +238,8 @@ std::vector<VideoRecord> index_ms3(const fs::path& root, const DatasetOptions& o
       if (cell(csv, i, c_split, "split") == o.split) names.push_back(cell(csv, i, c_name, "name"));
   } else {
     const fs::path split_dir = data / "gt_masks" / o.split;
-    COMBO_CHECK(path_exists(split_dir), "MS3: neither ", csv_path.string(), " nor ", split_dir.string(),
-                " exists");
+    COMBO_CHECK(path_exists(split_dir), "MS3: neither ", csv_path.string(), " nor ",
+                split_dir.string(), " exists");
     names = sorted_dirs(split_dir);
   }
   std::vector<VideoRecord> out;
@@ -246,21 +248,22 @@ std::vector<VideoRecord> index_ms3(const fs::path& root, const DatasetOptions& o
     r.id = name;
     r.split = o.split;
     try {
-    const fs::path frames_dir = data / "visual_frames" / name;
-    COMBO_CHECK(path_exists(frames_dir), "MS3 video ", name, ": frame folder missing: ",
-                frames_dir.string());
-    r.frames = numbered(frames_dir, name + ".mp4_", ".png", 1);
-    COMBO_CHECK(!r.frames.empty(), "MS3 video ", name, ": no frame ", name, ".mp4_1.png in ",
-                frames_dir.string());
-    for (size_t k = 1; k <= r.frames.size(); ++k) {
-      r.gts.push_back(
-          (data / "gt_masks" / o.split / name / (name + "_" + std::to_string(k) + ".png")).string());
-      r.maskiges.push_back((data / "pre_SAM_mask" / name /
-                            (name + ".mp4_" + std::to_string(k) + "_mask_color.png"))
-                               .string());
-    }
-    r.wav = (data / "audio_wav" / o.split / (name + ".wav")).string();
-    r.pkl = (data / "audio_log_mel" / o.split / (name + ".pkl")).string();
+      const fs::path frames_dir = data / "visual_frames" / name;
+      COMBO_CHECK(path_exists(frames_dir), "MS3 video ", name,
+                  ": frame folder missing: ", frames_dir.string());
+      r.frames = numbered(frames_dir, name + ".mp4_", ".png", 1);
+      COMBO_CHECK(!r.frames.empty(), "MS3 video ", name, ": no frame ", name, ".mp4_1.png in ",
+                  frames_dir.string());
+      for (size_t k = 1; k <= r.frames.size(); ++k) {
+        r.gts.push_back(
+            (data / "gt_masks" / o.split / name / (name + "_" + std::to_string(k) + ".png"))
+                .string());
+        r.maskiges.push_back((data / "pre_SAM_mask" / name /
+                              (name + ".mp4_" + std::to_string(k) + "_mask_color.png"))
+                                 .string());
+      }
+      r.wav = (data / "audio_wav" / o.split / (name + ".wav")).string();
+      r.pkl = (data / "audio_log_mel" / o.split / (name + ".pkl")).string();
     } catch (const combo::Error& e) {
       if (!o.skip_bad) throw;
       index_errors.push_back(e.what());
@@ -289,36 +292,39 @@ std::vector<VideoRecord> index_avss(const fs::path& root, const DatasetOptions& 
     r.id = cell(csv, i, c_uid, "uid");
     r.group = cell(csv, i, c_label, "label");
     r.split = o.split;
-    COMBO_CHECK(r.group == "v1s" || r.group == "v1m" || r.group == "v2", (root / "metadata.csv").string(),
-                ": video ", r.id, " has label '", r.group, "', expected v1s, v1m or v2");
+    COMBO_CHECK(r.group == "v1s" || r.group == "v1m" || r.group == "v2",
+                (root / "metadata.csv").string(), ": video ", r.id, " has label '", r.group,
+                "', expected v1s, v1m or v2");
     try {
-    const fs::path dir = root / r.group / r.id;
-    COMBO_CHECK(path_exists(dir), "AVSS video ", r.id, ": folder missing: ", dir.string());
-    const bool processed = o.avss_frames == "processed" ||
-                           (o.avss_frames == "auto" && path_exists(dir / "processed_frames"));
-    const fs::path fdir = dir / (processed ? "processed_frames" : "frames");
-    COMBO_CHECK(path_exists(fdir), "AVSS video ", r.id, ": folder missing: ", fdir.string());
-    // The official loader counts the entries and opens 0.jpg .. n-1.jpg.
-    const int64_t n = count_entries(fdir, ".jpg");
-    COMBO_CHECK(n > 0, "AVSS video ", r.id, ": no .jpg frame in ", fdir.string());
-    for (int64_t k = 0; k < n; ++k) r.frames.push_back((fdir / (std::to_string(k) + ".jpg")).string());
-    // Labels: COMBO's index maps, else AVSBench's colour maps.
-    fs::path ldir = dir / (processed ? "processed_labels_semantic" : "labels_semantic");
-    if (!processed && !path_exists(ldir)) ldir = dir / "labels_rgb";
-    const int64_t expected = r.group == "v2" ? 10 : 5;
-    const int64_t n_labels = count_entries(ldir, ".png");
-    if (o.split != "train")
-      COMBO_CHECK(n_labels == expected, "AVSS video ", r.id, " (", r.group, ", split ", o.split,
-                  "): expected ", expected, " label maps in ", ldir.string(), ", found ", n_labels);
-    COMBO_CHECK(n_labels > 0, "AVSS video ", r.id, ": no label map in ", ldir.string());
-    for (int64_t k = 0; k < n_labels; ++k)
-      r.gts.push_back((ldir / (std::to_string(k) + ".png")).string());
-    const fs::path mdir = root / "pre_SAM_mask" / "AVSBench_semantic" / r.group / r.id /
-                          (processed ? "processed_frames" : "frames");
-    for (int64_t k = 0; k < n; ++k)
-      r.maskiges.push_back((mdir / (std::to_string(k) + "_mask_color.png")).string());
-    r.wav = (dir / "audio.wav").string();
-    r.pkl = (dir / "audio.pkl").string();
+      const fs::path dir = root / r.group / r.id;
+      COMBO_CHECK(path_exists(dir), "AVSS video ", r.id, ": folder missing: ", dir.string());
+      const bool processed = o.avss_frames == "processed" ||
+                             (o.avss_frames == "auto" && path_exists(dir / "processed_frames"));
+      const fs::path fdir = dir / (processed ? "processed_frames" : "frames");
+      COMBO_CHECK(path_exists(fdir), "AVSS video ", r.id, ": folder missing: ", fdir.string());
+      // The official loader counts the entries and opens 0.jpg .. n-1.jpg.
+      const int64_t n = count_entries(fdir, ".jpg");
+      COMBO_CHECK(n > 0, "AVSS video ", r.id, ": no .jpg frame in ", fdir.string());
+      for (int64_t k = 0; k < n; ++k)
+        r.frames.push_back((fdir / (std::to_string(k) + ".jpg")).string());
+      // Labels: COMBO's index maps, else AVSBench's colour maps.
+      fs::path ldir = dir / (processed ? "processed_labels_semantic" : "labels_semantic");
+      if (!processed && !path_exists(ldir)) ldir = dir / "labels_rgb";
+      const int64_t expected = r.group == "v2" ? 10 : 5;
+      const int64_t n_labels = count_entries(ldir, ".png");
+      if (o.split != "train")
+        COMBO_CHECK(n_labels == expected, "AVSS video ", r.id, " (", r.group, ", split ", o.split,
+                    "): expected ", expected, " label maps in ", ldir.string(), ", found ",
+                    n_labels);
+      COMBO_CHECK(n_labels > 0, "AVSS video ", r.id, ": no label map in ", ldir.string());
+      for (int64_t k = 0; k < n_labels; ++k)
+        r.gts.push_back((ldir / (std::to_string(k) + ".png")).string());
+      const fs::path mdir = root / "pre_SAM_mask" / "AVSBench_semantic" / r.group / r.id /
+                            (processed ? "processed_frames" : "frames");
+      for (int64_t k = 0; k < n; ++k)
+        r.maskiges.push_back((mdir / (std::to_string(k) + "_mask_color.png")).string());
+      r.wav = (dir / "audio.wav").string();
+      r.pkl = (dir / "audio.pkl").string();
     } catch (const combo::Error& e) {
       if (!o.skip_bad) throw;
       index_errors.push_back(e.what());
@@ -365,9 +371,12 @@ at::Tensor stack_chw(const std::vector<cv::Mat>& images) {
 
 std::string to_string(DatasetKind kind) {
   switch (kind) {
-    case DatasetKind::kS4: return "s4";
-    case DatasetKind::kMS3: return "ms3";
-    case DatasetKind::kAVSS: return "avss";
+    case DatasetKind::kS4:
+      return "s4";
+    case DatasetKind::kMS3:
+      return "ms3";
+    case DatasetKind::kAVSS:
+      return "avss";
   }
   return "?";
 }
@@ -377,20 +386,25 @@ std::string resolve_root(DatasetKind kind, const std::string& root) {
   std::vector<fs::path> tries;
   auto ok = [&](const fs::path& p) {
     switch (kind) {
-      case DatasetKind::kS4: return path_exists(p / "s4_data");
-      case DatasetKind::kMS3: return path_exists(p / "ms3_data");
-      case DatasetKind::kAVSS: return path_exists(p / "metadata.csv");
+      case DatasetKind::kS4:
+        return path_exists(p / "s4_data");
+      case DatasetKind::kMS3:
+        return path_exists(p / "ms3_data");
+      case DatasetKind::kAVSS:
+        return path_exists(p / "metadata.csv");
     }
     return false;
   };
   switch (kind) {
     case DatasetKind::kS4:
       tries = {r, r / "Single-source", r / "AVSBench_object" / "Single-source",
-               r / "avsbench_data" / "Single-source", r / "AVS_dataset" / "AVSBench_object" / "Single-source"};
+               r / "avsbench_data" / "Single-source",
+               r / "AVS_dataset" / "AVSBench_object" / "Single-source"};
       break;
     case DatasetKind::kMS3:
       tries = {r, r / "Multi-sources", r / "AVSBench_object" / "Multi-sources",
-               r / "avsbench_data" / "Multi-sources", r / "AVS_dataset" / "AVSBench_object" / "Multi-sources"};
+               r / "avsbench_data" / "Multi-sources",
+               r / "AVS_dataset" / "AVSBench_object" / "Multi-sources"};
       break;
     case DatasetKind::kAVSS:
       tries = {r, r / "AVSBench_semantic", r / "AVSS", r / "AVS_dataset" / "AVSBench_semantic",
@@ -463,10 +477,12 @@ AvsDataset::AvsDataset(DatasetOptions options) : options_(std::move(options)) {
       break;
     }
   }
-  for (const auto& e : index_errors_) spdlog::warn("skipping a video of split {}: {}", options_.split, e);
+  for (const auto& e : index_errors_)
+    spdlog::warn("skipping a video of split {}: {}", options_.split, e);
   COMBO_CHECK(!records_.empty(), "no video of split '", options_.split, "' in ", root_,
               index_errors_.empty() ? "" : str_cat(" (", index_errors_.size(), " skipped as bad)"));
-  if (options_.augment) augmentation_ = std::make_unique<ClipAugmentation>(options_.augment_options);
+  if (options_.augment)
+    augmentation_ = std::make_unique<ClipAugmentation>(options_.augment_options);
 }
 
 const VideoRecord& AvsDataset::record(int64_t index) const {
@@ -534,7 +550,8 @@ VideoSample AvsDataset::load(int64_t index, Rng& rng) const {
       } else {
         lab = io::read_label_map(path);
       }
-      if (avss_rule != AvssResize::kNone) lab = avss_resize(lab, avss_rule, options_.image_size, true);
+      if (avss_rule != AvssResize::kNone)
+        lab = avss_resize(lab, avss_rule, options_.image_size, true);
       const int64_t nc = class_names_.empty() ? 71 : static_cast<int64_t>(class_names_.size());
       double maxv = 0;
       cv::Mat valid = lab != 255;
@@ -551,7 +568,8 @@ VideoSample AvsDataset::load(int64_t index, Rng& rng) const {
           cv::minMaxLoc(mask, nullptr, nullptr, nullptr, &at);
           COMBO_FAIL("mask ", path, " holds values other than 0 and 255 (", bad,
                      " pixels, e.g. value ", static_cast<int>(raw.at<uint8_t>(at)), " at x=", at.x,
-                     " y=", at.y, "); AVSBench masks are 0/255 (set data.check_masks=false to "
+                     " y=", at.y,
+                     "); AVSBench masks are 0/255 (set data.check_masks=false to "
                      "read them as the official code does: value // 255)");
         }
       }
@@ -570,7 +588,8 @@ VideoSample AvsDataset::load(int64_t index, Rng& rng) const {
     mel = at::full({t, 1, audio::kExampleWindowFrames, audio::kNumMelBins},
                    std::log(audio::kLogOffset), at::kFloat);
   } else if (options_.audio_source == "pkl") {
-    COMBO_CHECK(path_exists(r.pkl), "log-mel file missing: ", r.pkl, " (or use data.audio_source=wav)");
+    COMBO_CHECK(path_exists(r.pkl), "log-mel file missing: ", r.pkl,
+                " (or use data.audio_source=wav)");
     mel = io::read_log_mel_pkl(r.pkl);
     mel = audio::pad_examples(mel, std::max<int64_t>(t, mel.size(0)), pad);
   } else {

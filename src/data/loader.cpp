@@ -50,10 +50,10 @@ DataLoader::DataLoader(std::shared_ptr<const AvsDataset> dataset, LoaderOptions 
               options_.batch_videos);
   COMBO_CHECK(options_.num_workers >= 0 && options_.prefetch >= 1,
               "DataLoader: num_workers >= 0 and prefetch >= 1 required");
-  const int64_t shard = static_cast<int64_t>(
-      epoch_order(dataset_->size(), options_.seed, 0, false, options_.rank, options_.world_size,
-                  options_.infinite)
-          .size());
+  const int64_t shard =
+      static_cast<int64_t>(epoch_order(dataset_->size(), options_.seed, 0, false, options_.rank,
+                                       options_.world_size, options_.infinite)
+                               .size());
   const bool drop = options_.drop_last || options_.infinite;
   per_epoch_ = drop ? shard / options_.batch_videos
                     : (shard + options_.batch_videos - 1) / options_.batch_videos;

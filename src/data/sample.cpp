@@ -56,8 +56,9 @@ BatchTargets make_targets(const VideoBatch& batch, loss::DatasetKind kind, bool 
   }
   for (int64_t row : out.layout.supervised_rows) {
     const at::Tensor map = batch.labels[row];
-    COMBO_CHECK(batch.has_gt[row].item<bool>(), "make_targets: frame ", row, " of the batch (video ",
-                batch.video_ids.empty() ? "?" : batch.video_ids.front(), "...) has no ground truth");
+    COMBO_CHECK(batch.has_gt[row].item<bool>(), "make_targets: frame ", row,
+                " of the batch (video ", batch.video_ids.empty() ? "?" : batch.video_ids.front(),
+                "...) has no ground truth");
     // One target per distinct label value, background included, ignore (255) excluded.
     at::Tensor values = std::get<0>(at::_unique(map.flatten(), /*sorted=*/true));
     values = values.masked_select(values != 255);

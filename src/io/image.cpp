@@ -35,7 +35,8 @@ void check_complete(const std::vector<uchar>& b, const std::string& path) {
   static const uchar kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   if (b.size() >= 8 && std::equal(kPng, kPng + 8, b.begin())) {
     static const uchar kIend[8] = {'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82};
-    const bool ok = b.size() >= 20 && std::search(b.end() - 20, b.end(), kIend, kIend + 8) != b.end();
+    const bool ok =
+        b.size() >= 20 && std::search(b.end() - 20, b.end(), kIend, kIend + 8) != b.end();
     COMBO_CHECK(ok, "truncated or corrupt PNG (no IEND chunk at the end): ", path);
   } else if (b.size() >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff) {
     // A JPEG must end with EOI (FF D9); allow trailing padding bytes after it.
@@ -97,10 +98,17 @@ cv::Mat read_rgb(const std::string& path) {
   cv::Mat m = to_8bit(decode(path, cv::IMREAD_UNCHANGED));
   cv::Mat rgb;
   switch (m.channels()) {
-    case 1: cv::cvtColor(m, rgb, cv::COLOR_GRAY2RGB); break;
-    case 3: cv::cvtColor(m, rgb, cv::COLOR_BGR2RGB); break;
-    case 4: cv::cvtColor(m, rgb, cv::COLOR_BGRA2RGB); break;
-    default: COMBO_FAIL("unsupported channel count ", m.channels(), " in ", path);
+    case 1:
+      cv::cvtColor(m, rgb, cv::COLOR_GRAY2RGB);
+      break;
+    case 3:
+      cv::cvtColor(m, rgb, cv::COLOR_BGR2RGB);
+      break;
+    case 4:
+      cv::cvtColor(m, rgb, cv::COLOR_BGRA2RGB);
+      break;
+    default:
+      COMBO_FAIL("unsupported channel count ", m.channels(), " in ", path);
   }
   return rgb;
 }

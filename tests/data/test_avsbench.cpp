@@ -76,7 +76,9 @@ TEST_F(AvsbenchS4, IndexFollowsTheCsvAndTheLayout) {
 TEST_F(AvsbenchS4, RootsOfAvsbenchAndComboBothResolve) {
   const fs::path parent = dir.path();
   EXPECT_EQ(fs::path(combo::data::resolve_root(DatasetKind::kS4, parent.string())), root);
-  EXPECT_EQ(fs::path(combo::data::resolve_root(DatasetKind::kS4, (parent / "AVS_dataset").string())), root);
+  EXPECT_EQ(
+      fs::path(combo::data::resolve_root(DatasetKind::kS4, (parent / "AVS_dataset").string())),
+      root);
   EXPECT_EQ(fs::path(combo::data::resolve_root(DatasetKind::kS4, root.string())), root);
   const auto msg = error_of([&] { combo::data::resolve_root(DatasetKind::kMS3, parent.string()); });
   EXPECT_NE(msg.find("ms3_data"), std::string::npos) << msg;
@@ -243,7 +245,9 @@ TEST(AvsbenchMs3, LayoutFlagsAndValues) {
   const auto s = ds.load(2, rng);
   EXPECT_TRUE(s.has_gt.all().item<bool>());  // MS3: every frame, every split
   const auto expected = combo::io::mat_to_chw(combo::testing::test_mask(2, 4, spec.size, spec.size))
-                            .squeeze(0).div(255).to(at::kLong);
+                            .squeeze(0)
+                            .div(255)
+                            .to(at::kLong);
   EXPECT_TENSOR_EQ(expected, s.labels[3]);
   // Without the CSV: the listing of gt_masks/<split>.
   fs::remove(root / "ms3_meta_data.csv");

@@ -220,8 +220,7 @@ TEST_F(LoaderTest, TargetsFollowTheSupervisedFrames) {
     const auto values = std::get<0>(at::_unique(map.masked_select(map.ne(255))));
     EXPECT_TENSOR_EQ(values, tg.labels);
     ASSERT_EQ(tg.masks.size(0), values.size(0));
-    for (int64_t j = 0; j < values.size(0); ++j)
-      EXPECT_TENSOR_EQ(map.eq(values[j]), tg.masks[j]);
+    for (int64_t j = 0; j < values.size(0); ++j) EXPECT_TENSOR_EQ(map.eq(values[j]), tg.masks[j]);
   }
   // Evaluation frames: every frame with ground truth.
   LoaderOptions e;

@@ -133,9 +133,10 @@ TEST(SyntheticTreesIntegration, MaskigesFromTheBuiltInProposerLoad) {
   const auto s = ds.load(1, rng);
   ASSERT_EQ(s.maskiges.sizes(), s.frames.sizes());
   // A Maskige is a colour code: several distinct colours per frame.
-  const auto colours = std::get<0>(at::_unique(
-      (s.maskiges[0][0].to(at::kInt) * 65536 + s.maskiges[0][1].to(at::kInt) * 256 +
-       s.maskiges[0][2].to(at::kInt)).flatten()));
+  const auto colours =
+      std::get<0>(at::_unique((s.maskiges[0][0].to(at::kInt) * 65536 +
+                               s.maskiges[0][1].to(at::kInt) * 256 + s.maskiges[0][2].to(at::kInt))
+                                  .flatten()));
   EXPECT_GE(colours.numel(), 2);
 }
 

@@ -114,7 +114,8 @@ TEST_F(EvaluationTest, MaxVideosStopsEarlyAndKeepsWhatWasDone) {
   auto cfg = tiny_config("s4", dir.path());
   cfg.test.batch_size = 1;
   auto model = engine::build_model(cfg);
-  data::DataLoader loader(engine::build_dataset(cfg, "val", false), engine::eval_loader_options(cfg));
+  data::DataLoader loader(engine::build_dataset(cfg, "val", false),
+                          engine::eval_loader_options(cfg));
   auto ev = engine::make_evaluator(cfg);
   engine::EvaluationOptions eo;
   eo.max_videos = 2;

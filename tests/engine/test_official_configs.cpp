@@ -104,7 +104,8 @@ TEST(OfficialConfigs, TrainingRecipeOfComboSpec8) {
 TEST(OfficialConfigs, TestConfigsOfComboSpec83) {
   for (const auto& o : kConfigs) {
     const std::string file = o.file;
-    const std::string test = file.substr(0, file.find('/') + 1) + "Test_" + file.substr(file.find('/') + 1);
+    const std::string test =
+        file.substr(0, file.find('/') + 1) + "Test_" + file.substr(file.find('/') + 1);
     SCOPED_TRACE(test);
     const Config c = load(test);
     EXPECT_EQ(c.test.batch_size, 1);

@@ -32,7 +32,8 @@ void write_test_wav(const fs::path& path, double seconds, double hz, int sample_
   out.write("data", 4);
   u32(static_cast<uint32_t>(n * 2));
   for (int64_t i = 0; i < n; ++i) {
-    const auto v = static_cast<int16_t>(std::lround(16000.0 * std::sin(2 * M_PI * hz * i / sample_rate)));
+    const auto v =
+        static_cast<int16_t>(std::lround(16000.0 * std::sin(2 * M_PI * hz * i / sample_rate)));
     out.write(reinterpret_cast<const char*>(&v), 2);
   }
 }
@@ -81,7 +82,8 @@ std::vector<std::string> write_s4_tree(const fs::path& root, const TreeSpec& spe
     csv.open(root / "s4_meta_data.csv");
     csv << "name,start,category,split\n";
   }
-  const std::pair<const char*, int> splits[] = {{"train", spec.train}, {"val", spec.val}, {"test", spec.test}};
+  const std::pair<const char*, int> splits[] = {
+      {"train", spec.train}, {"val", spec.val}, {"test", spec.test}};
   int video = 0;
   for (const auto& [split, count] : splits) {
     for (int i = 0; i < count; ++i, ++video) {
@@ -96,7 +98,8 @@ std::vector<std::string> write_s4_tree(const fs::path& root, const TreeSpec& spe
         io::write_png((data / "visual_frames" / rel / (stem + ".png")).string(),
                       test_frame(video, k, spec.size, spec.size));
         const cv::Mat mask = test_mask(video, k, spec.size, spec.size);
-        if (!train || k == 1) io::write_png((data / "gt_masks" / rel / (stem + ".png")).string(), mask);
+        if (!train || k == 1)
+          io::write_png((data / "gt_masks" / rel / (stem + ".png")).string(), mask);
         io::write_png((data / "pre_SAM_mask" / rel / (stem + "_mask_color.png")).string(),
                       maskige_of(mask));
       }
@@ -115,7 +118,8 @@ std::vector<std::string> write_ms3_tree(const fs::path& root, const TreeSpec& sp
     csv.open(root / "ms3_meta_data.csv");
     csv << "video_id,split\n";
   }
-  const std::pair<const char*, int> splits[] = {{"train", spec.train}, {"val", spec.val}, {"test", spec.test}};
+  const std::pair<const char*, int> splits[] = {
+      {"train", spec.train}, {"val", spec.val}, {"test", spec.test}};
   int video = 0;
   for (const auto& [split, count] : splits) {
     for (int i = 0; i < count; ++i, ++video) {
@@ -123,11 +127,17 @@ std::vector<std::string> write_ms3_tree(const fs::path& root, const TreeSpec& sp
       names.push_back(name);
       if (spec.csv) csv << name << "," << split << "\n";
       for (int k = 1; k <= 5; ++k) {
-        io::write_png((data / "visual_frames" / name / (name + ".mp4_" + std::to_string(k) + ".png")).string(),
-                      test_frame(video, k, spec.size, spec.size));
+        io::write_png(
+            (data / "visual_frames" / name / (name + ".mp4_" + std::to_string(k) + ".png"))
+                .string(),
+            test_frame(video, k, spec.size, spec.size));
         const cv::Mat mask = test_mask(video, k, spec.size, spec.size);
-        io::write_png((data / "gt_masks" / split / name / (name + "_" + std::to_string(k) + ".png")).string(), mask);
-        io::write_png((data / "pre_SAM_mask" / name / (name + ".mp4_" + std::to_string(k) + "_mask_color.png")).string(),
+        io::write_png(
+            (data / "gt_masks" / split / name / (name + "_" + std::to_string(k) + ".png")).string(),
+            mask);
+        io::write_png((data / "pre_SAM_mask" / name /
+                       (name + ".mp4_" + std::to_string(k) + "_mask_color.png"))
+                          .string(),
                       maskige_of(mask));
       }
       write_test_wav(data / "audio_wav" / split / (name + ".wav"), 5.0, 440.0);
@@ -173,18 +183,24 @@ void write_avss_tree(const fs::path& root, int size, bool processed) {
           cv::Mat pf, pl;
           cv::resize(frame, pf, cv::Size(size, size), 0, 0, cv::INTER_LINEAR);
           cv::resize(ids, pl, cv::Size(size, size), 0, 0, cv::INTER_NEAREST);
-          io::write_jpeg((dir / "processed_frames" / (std::to_string(k) + ".jpg")).string(), pf, 95);
+          io::write_jpeg((dir / "processed_frames" / (std::to_string(k) + ".jpg")).string(), pf,
+                         95);
           if (!first_only || k == 0)
-            io::write_png((dir / "processed_labels_semantic" / (std::to_string(k) + ".png")).string(), pl);
+            io::write_png(
+                (dir / "processed_labels_semantic" / (std::to_string(k) + ".png")).string(), pl);
           cv::Mat maskige(size, size, CV_8UC3, cv::Scalar(120, 120, 120));
           maskige.setTo(cv::Scalar(6, 230, 230), pl != 0);
-          io::write_png((root / "pre_SAM_mask" / "AVSBench_semantic" / label / uid / "processed_frames" /
-                         (std::to_string(k) + "_mask_color.png")).string(), maskige);
+          io::write_png((root / "pre_SAM_mask" / "AVSBench_semantic" / label / uid /
+                         "processed_frames" / (std::to_string(k) + "_mask_color.png"))
+                            .string(),
+                        maskige);
         }
         cv::Mat maskige(h, w, CV_8UC3, cv::Scalar(120, 120, 120));
         maskige.setTo(cv::Scalar(6, 230, 230), mask);
         io::write_png((root / "pre_SAM_mask" / "AVSBench_semantic" / label / uid / "frames" /
-                       (std::to_string(k) + "_mask_color.png")).string(), maskige);
+                       (std::to_string(k) + "_mask_color.png"))
+                          .string(),
+                      maskige);
       }
       write_test_wav(dir / "audio.wav", frames, 500.0);
       ++video;

@@ -21,7 +21,7 @@ TEST(ComboInfoIntegration, DumpsAConfigThatLoadsBack) {
   combo::testing::TempDir dir;
   const auto cfg = (combo::testing::source_dir() / "configs/demo/demo.yaml").string();
   auto r = run_shell(tool() + " --config " + cfg + " --dump " + dir.file("dump.yaml") +
-               " solver.max_iter=3 model.fusion.type=none");
+                     " solver.max_iter=3 model.fusion.type=none");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("LibTorch"), std::string::npos) << r.output;
   const auto back = combo::engine::load_config(dir.file("dump.yaml"));

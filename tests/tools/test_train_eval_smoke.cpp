@@ -1,8 +1,8 @@
 // The product path through the real executables: combo-train (checkpoints, logs, validation,
 // --resume, SIGTERM) then combo-eval (metrics.json, per-video CSV, overlays, MP4s, errors).
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <chrono>
@@ -39,18 +39,19 @@ std::string read_text(const fs::path& p) {
 
 // A tiny COMBO on a 32 px S4 tree: a few iterations take seconds.
 void write_config(const fs::path& file, const fs::path& data, const fs::path& out) {
-  std::ofstream(file) << "_base_: " << (combo::testing::source_dir() / "configs/_base_/avs_s4.yaml").string()
-                      << "\n"
-                      << "model:\n  backbone:\n    name: pvt_v2_b0\n"
-                      << "  decoder:\n    num_queries: 4\n    dec_layers: 2\n    dim_feedforward: 32\n"
-                      << "  pixel_decoder:\n    enc_layers: 1\n    dim_feedforward: 32\n"
-                      << "loss:\n  train_num_points: 256\n"
-                      << "data:\n  root: " << data.string() << "\n  num_workers: 1\n"
-                      << "  augment:\n    short_sides: [32, 40]\n    crop_size: 32\n    pad_size: 32\n"
-                      << "solver:\n  max_iter: 4\n  ims_per_batch: 2\n  checkpoint_period: 2\n"
-                      << "  base_lr: 0.0001\n"
-                      << "test:\n  eval_period: 2\n"
-                      << "output_dir: " << out.string() << "\n";
+  std::ofstream(file)
+      << "_base_: " << (combo::testing::source_dir() / "configs/_base_/avs_s4.yaml").string()
+      << "\n"
+      << "model:\n  backbone:\n    name: pvt_v2_b0\n"
+      << "  decoder:\n    num_queries: 4\n    dec_layers: 2\n    dim_feedforward: 32\n"
+      << "  pixel_decoder:\n    enc_layers: 1\n    dim_feedforward: 32\n"
+      << "loss:\n  train_num_points: 256\n"
+      << "data:\n  root: " << data.string() << "\n  num_workers: 1\n"
+      << "  augment:\n    short_sides: [32, 40]\n    crop_size: 32\n    pad_size: 32\n"
+      << "solver:\n  max_iter: 4\n  ims_per_batch: 2\n  checkpoint_period: 2\n"
+      << "  base_lr: 0.0001\n"
+      << "test:\n  eval_period: 2\n"
+      << "output_dir: " << out.string() << "\n";
 }
 
 class TrainEvalSmoke : public ::testing::Test {
@@ -72,9 +73,9 @@ class TrainEvalSmoke : public ::testing::Test {
 TEST_F(TrainEvalSmoke, TrainResumeAndEvaluate) {
   auto r = run_shell(tool("combo-train") + " --config " + cfg.string());
   ASSERT_EQ(r.status, 0) << r.output;
-  for (const char* f : {"model_0000001.pth", "model_0000003.pth", "model_final.pth",
-                        "model_best.pth", "last_checkpoint", "config.yaml", "env.json",
-                        "metrics.jsonl", "log.txt"})
+  for (const char* f :
+       {"model_0000001.pth", "model_0000003.pth", "model_final.pth", "model_best.pth",
+        "last_checkpoint", "config.yaml", "env.json", "metrics.jsonl", "log.txt"})
     EXPECT_TRUE(fs::exists(out / f)) << f << "\n" << r.output;
   EXPECT_NE(r.output.find("validation at iteration 2"), std::string::npos) << r.output;
   bool events = false;
@@ -100,7 +101,8 @@ TEST_F(TrainEvalSmoke, TrainResumeAndEvaluate) {
   // Evaluate the final weights on the test split with overlays and videos.
   const fs::path ev = dir.path() / "eval";
   r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
-          (out / "model_final.pth").string() + " --out " + ev.string() + " --overlays --videos");
+                (out / "model_final.pth").string() + " --out " + ev.string() +
+                " --overlays --videos");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto m = nlohmann::json::parse(read_text(ev / "metrics.json"));
   EXPECT_EQ(m["split"], "test");
@@ -141,13 +143,14 @@ TEST_F(TrainEvalSmoke, SigtermWritesACheckpointAndResumeFinishes) {
   EXPECT_NE(log.find("stopped by signal"), std::string::npos) << log;
   const std::string last = read_text(out / "last_checkpoint");
   ASSERT_FALSE(last.empty());
-  const auto ckpt = combo::load_state_dict((out / last.substr(0, last.find_first_of("\r\n"))).string());
+  const auto ckpt =
+      combo::load_state_dict((out / last.substr(0, last.find_first_of("\r\n"))).string());
   const int64_t stopped_at = ckpt.at("iteration").item<int64_t>();
   EXPECT_GE(stopped_at, 2);
   EXPECT_LT(stopped_at, 399);
   auto r = run_shell(tool("combo-train") + " --config " + cfg.string() +
-               " --no-eval --resume solver.max_iter=" + std::to_string(stopped_at + 3) +
-               " solver.checkpoint_period=3");
+                     " --no-eval --resume solver.max_iter=" + std::to_string(stopped_at + 3) +
+                     " solver.checkpoint_period=3");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_TRUE(fs::exists(out / "model_final.pth"));
   const auto fin = combo::load_state_dict((out / "model_final.pth").string());
@@ -155,11 +158,12 @@ TEST_F(TrainEvalSmoke, SigtermWritesACheckpointAndResumeFinishes) {
 }
 
 TEST_F(TrainEvalSmoke, EvalRejectsWeightsOfAnotherClassCountListingTheKeys) {
-  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
+  auto r =
+      run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
   ASSERT_EQ(r.status, 0) << r.output;
   r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
-          (out / "model_final.pth").string() + " --out " + (dir.path() / "e2").string() +
-          " model.num_classes=71");
+                (out / "model_final.pth").string() + " --out " + (dir.path() / "e2").string() +
+                " model.num_classes=71");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("sem_seg_head.predictor.class_embed"), std::string::npos) << r.output;
   // Weights with keys missing: an error listing them.
@@ -169,13 +173,14 @@ TEST_F(TrainEvalSmoke, EvalRejectsWeightsOfAnotherClassCountListingTheKeys) {
     if (k.rfind("model.backbone.", 0) != 0) partial[k] = v;
   combo::save_state_dict((dir.path() / "partial.pth").string(), partial);
   r = run_shell(tool("combo-eval") + " --config " + cfg.string() + " --weights " +
-          (dir.path() / "partial.pth").string() + " --out " + (dir.path() / "e3").string());
+                (dir.path() / "partial.pth").string() + " --out " + (dir.path() / "e3").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("backbone.patch_embed1.proj.weight"), std::string::npos) << r.output;
 }
 
 TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
-  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
+  auto r =
+      run_shell(tool("combo-train") + " --config " + cfg.string() + " --no-eval solver.max_iter=1");
   ASSERT_EQ(r.status, 0) << r.output;
   // A 3.5 s clip at 10 fps with a tone: the AVSBench rule takes 3 frames (one per second).
   std::vector<cv::Mat> frames;
@@ -188,8 +193,8 @@ TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
   combo::io::write_video(mp4.string(), frames, audio, vo);
   const fs::path inf = dir.path() / "infer";
   r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
-          (out / "model_final.pth").string() + " --video " + mp4.string() + " --out " +
-          inf.string() + " data.image_size=32");
+                (out / "model_final.pth").string() + " --video " + mp4.string() + " --out " +
+                inf.string() + " data.image_size=32");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto summary = nlohmann::json::parse(read_text(inf / "summary.json"));
   EXPECT_EQ(summary["num_frames"], 3);
@@ -197,7 +202,8 @@ TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
   EXPECT_EQ(summary["has_audio"], true);
   EXPECT_EQ(summary["frames"][1]["video_frame_index"], 19);  // int((2-1)*10 + 0.9375*10)
   for (int k = 0; k < 3; ++k) {
-    const cv::Mat m = combo::io::read_label_map((inf / "masks" / (std::to_string(k) + ".png")).string());
+    const cv::Mat m =
+        combo::io::read_label_map((inf / "masks" / (std::to_string(k) + ".png")).string());
     EXPECT_EQ(m.rows, 32);
     EXPECT_EQ(cv::countNonZero((m != 0) & (m != 255)), 0);
     EXPECT_TRUE(fs::exists(inf / "overlays" / (std::to_string(k) + ".png")));
@@ -211,13 +217,13 @@ TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
   const fs::path mute = dir.path() / "mute.mp4";
   combo::io::write_video(mute.string(), frames, at::Tensor(), vo);
   r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
-          (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
-          (dir.path() / "mute_out").string() + " data.image_size=32");
+                (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
+                (dir.path() / "mute_out").string() + " data.image_size=32");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("no audio track"), std::string::npos) << r.output;
   r = run_shell(tool("combo-infer") + " --config " + cfg.string() + " --weights " +
-          (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
-          (dir.path() / "mute_out").string() + " --allow-silent --rate 2 data.image_size=32");
+                (out / "model_final.pth").string() + " --video " + mute.string() + " --out " +
+                (dir.path() / "mute_out").string() + " --allow-silent --rate 2 data.image_size=32");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto s2 = nlohmann::json::parse(read_text(dir.path() / "mute_out" / "summary.json"));
   EXPECT_EQ(s2["frame_rule"], "rate");

@@ -35,16 +35,16 @@ struct VideoRecord {
 
 struct DatasetOptions {
   DatasetKind kind = DatasetKind::kS4;
-  std::string root;            ///< dataset root, or a parent of it (see resolve_root)
+  std::string root;  ///< dataset root, or a parent of it (see resolve_root)
   std::string split = "train";
   std::string audio_source = "wav";  ///< wav | pkl
-  bool load_maskige = true;    ///< read Maskiges (the Siam-Encoder needs them)
-  bool train = false;          ///< training split semantics (S4 first-frame GT, AVSS crop rules)
-  bool augment = false;        ///< apply ClipAugmentation (training)
+  bool load_maskige = true;          ///< read Maskiges (the Siam-Encoder needs them)
+  bool train = false;    ///< training split semantics (S4 first-frame GT, AVSS crop rules)
+  bool augment = false;  ///< apply ClipAugmentation (training)
   AugmentOptions augment_options;
   /// AVSS frames: auto (processed_* when present, else raw + resize rules) | processed | raw
   std::string avss_frames = "auto";
-  int64_t image_size = 224;    ///< AVSS resize target
+  int64_t image_size = 224;  ///< AVSS resize target
   /// A video that fails to load: false = error naming the file; true = the loader skips it,
   /// warns and counts it.
   bool skip_bad = false;

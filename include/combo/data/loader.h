@@ -24,12 +24,12 @@ struct LoaderOptions {
   int64_t num_workers = 2;   ///< 0 = load on the calling thread
   int64_t prefetch = 4;      ///< batches kept ready (bounded queue)
   bool shuffle = false;
-  bool infinite = false;     ///< training: endless epochs
+  bool infinite = false;  ///< training: endless epochs
   bool drop_last = false;
   uint64_t seed = 0;
   int64_t rank = 0, world_size = 1;
-  int64_t start_epoch = 0;   ///< resume position
-  int64_t start_batch = 0;   ///< batches of start_epoch already consumed
+  int64_t start_epoch = 0;  ///< resume position
+  int64_t start_batch = 0;  ///< batches of start_epoch already consumed
 };
 
 /// The sample order of one epoch on one rank: a permutation of [0, size) drawn from

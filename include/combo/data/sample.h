@@ -23,7 +23,7 @@ struct VideoSample {
   /// int64 [T, H, W] ground truth: S4/MS3 0/1, AVSS class ids; 255 = ignore (padding, and every
   /// pixel of frames without ground truth).
   at::Tensor labels;
-  at::Tensor has_gt;     ///< bool [T]: the frame carries ground truth (official gt flag)
+  at::Tensor has_gt;  ///< bool [T]: the frame carries ground truth (official gt flag)
   /// Frame slots of the official loader (AVSS: 10, with slots >= T padded; S4/MS3: T).
   int64_t slots = 0;
   int64_t orig_height = 0, orig_width = 0;  ///< frame 0 before transforms

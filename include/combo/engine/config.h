@@ -96,7 +96,7 @@ struct AugmentConfig {
                                       291, 313, 336, 358, 380, 403, 425, 448};
   int64_t max_size = 896;
   int64_t crop_size = 224;
-  int64_t pad_size = 224;      ///< pad bottom/right to exactly this (0 = none); official 224
+  int64_t pad_size = 224;  ///< pad bottom/right to exactly this (0 = none); official 224
   bool color_jitter = true;
   bool jitter_maskige = true;  ///< official: Maskiges get their own colour jitter
   double flip_prob = 0.5;
@@ -111,11 +111,11 @@ struct DataConfig {
   std::string audio_source = "wav";  ///< wav (log-mel computed from the wav) | pkl (AVSBench files)
   int64_t image_size = 224;
   int64_t num_workers = 2;
-  int64_t prefetch = 4;                ///< batches kept ready by the loader
-  std::string avss_frames = "auto";    ///< auto | processed (COMBO) | raw (AVSBench + resize rules)
-  bool skip_bad = false;               ///< skip broken videos with a warning instead of stopping
-  bool check_masks = true;             ///< S4/MS3 ground truth must hold only 0 and 255
-  bool silence_audio = false;          ///< ablation: every clip gets the log-mel of silence
+  int64_t prefetch = 4;              ///< batches kept ready by the loader
+  std::string avss_frames = "auto";  ///< auto | processed (COMBO) | raw (AVSBench + resize rules)
+  bool skip_bad = false;             ///< skip broken videos with a warning instead of stopping
+  bool check_masks = true;           ///< S4/MS3 ground truth must hold only 0 and 255
+  bool silence_audio = false;        ///< ablation: every clip gets the log-mel of silence
   AugmentConfig augment;
 };
 

@@ -629,7 +629,7 @@ std::string tool() { return (combo::testing::binary_dir() / "tools" / "combo-syn
 TEST(ComboSynthIntegration, ToolWritesWhatTheLibraryWrites) {
   combo::testing::TempDir a, b;
   const auto r = run_shell(tool() + " --dataset s4 --out " + a.path().string() +
-                     " --train 1 --val 1 --test 1 --size 64 --classes 3 --seed 7");
+                           " --train 1 --val 1 --test 1 --size 64 --classes 3 --seed 7");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("3 videos"), std::string::npos) << r.output;
   SynthOptions o = tiny("s4", b.path());
@@ -647,7 +647,7 @@ TEST(ComboSynthIntegration, ToolWritesWhatTheLibraryWrites) {
 TEST(ComboSynthIntegration, NoRawVideosAndErrors) {
   combo::testing::TempDir dir;
   auto r = run_shell(tool() + " --dataset ms3 --out " + dir.path().string() +
-               " --train 1 --val 0 --test 0 --size 32 --no-raw-videos");
+                     " --train 1 --val 0 --test 0 --size 32 --no-raw-videos");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_FALSE(fs::exists(dir.path() / "ms3_data/raw_videos"));
   EXPECT_TRUE(fs::exists(dir.path() / "ms3_meta_data.csv"));

@@ -231,9 +231,9 @@ for name in sys.argv[3:]:
   // numpy >= 1.25 may dispatch argsort to x86-simd-sort, whose order of equal areas differs
   // from the generic introsort that kOfficial reproduces (see numpy_argsort); stacks with ties
   // are then left out.
-  const Result version =
-      run_shell("/usr/bin/python3 -c \"import numpy; v = numpy.__version__.split('.'); "
-          "print(int(v[0]) * 100 + int(v[1]))\"");
+  const Result version = run_shell(
+      "/usr/bin/python3 -c \"import numpy; v = numpy.__version__.split('.'); "
+      "print(int(v[0]) * 100 + int(v[1]))\"");
   const bool generic_sort = version.status == 0 && std::stoi(version.output) < 125;
   for (const auto& s : stacks) {
     if (!generic_sort && s.first != "wrap") {
