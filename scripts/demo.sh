@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main ComboAVS job on an embedded default, on any Debian 12 machine (no GPU, no data):
 #   1. installs the Debian packages and builds the tools;
-#   2. writes a synthetic AVSBench S4 tree (combo-synth): textured moving objects of several
-#      sound classes per video, only the one whose sound plays is annotated;
+#   2. writes a synthetic AVSBench S4 tree (combo-synth): 2-3 moving objects of different sound
+#      classes per video (flat colours at 64 px), only the one whose sound plays is annotated;
 #   3. trains a small COMBO on it on the CPU (combo-train, configs/demo/demo.yaml), validating
 #      as it goes;
 #   4. evaluates the best checkpoint on the test split with the official metrics (combo-eval)
@@ -33,8 +33,8 @@ t0=$(date +%s)
 mkdir -p "$out"
 data="$out/data/AVSBench_object/Single-source"
 echo "== 1/4 synthetic AVSBench S4 tree -> $data"
-"$build/tools/combo-synth" --dataset s4 --out "$data" --train 64 --val 16 --test 16 --size 64 \
-    --classes 4 --seed 0
+"$build/tools/combo-synth" --dataset s4 --out "$data" --train 160 --val 16 --test 16 --size 64 \
+    --classes 4 --style flat --object-scale 1.6 --seed 0 --overwrite
 
 train() {  # name, extra overrides...
   local name=$1; shift

@@ -33,6 +33,15 @@ int main(int argc, char** argv) {
   app.add_option("--classes", o.num_classes, "sound classes")
       ->check(CLI::Range(int64_t{2}, int64_t{70}))
       ->capture_default_str();
+  app.add_option("--object-scale", o.object_scale,
+                 "object size factor (radius = scale x 0.11..0.16 x frame side)")
+      ->check(CLI::Range(0.05, 2.5))
+      ->capture_default_str();
+  app.add_option("--style", o.style,
+                 "textured (two-colour class textures, textured background) | flat (one colour per "
+                 "class, smooth background: easier)")
+      ->check(CLI::IsMember({"textured", "flat"}))
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "same seed and options -> identical bytes")
       ->capture_default_str();
   app.add_option("--threads", o.threads, "videos rendered in parallel (0 = all cores)")

@@ -1,7 +1,7 @@
 // combo-train: trains COMBO from a config (official recipe by default), with periodic
 // checkpoints and validation, exact --resume, and a clean stop on SIGINT/SIGTERM.
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include <filesystem>
 #include <random>
@@ -66,7 +66,15 @@ int main(int argc, char** argv) {
   return combo::engine::run_tool([&] {
     auto cfg = combo::engine::load_config(config_file, overrides);
     if (cfg.runtime.seed < 0) {
-      cfg.runtime.seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+      // A random seed is drawn once per run: a resumed run keeps the one its first part drew
+      // (recorded in <output_dir>/config.yaml), so its remaining draws match an unbroken run.
+      const fs::path previous = fs::path(cfg.output_dir) / "config.yaml";
+      if (resume && fs::exists(previous)) {
+        cfg.runtime.seed = combo::engine::load_config(previous.string(), {}).runtime.seed;
+      }
+      if (cfg.runtime.seed < 0) {
+        cfg.runtime.seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+      }
     }
     fs::create_directories(cfg.output_dir);
     combo::engine::setup_logging(cfg.output_dir);
@@ -76,7 +84,8 @@ int main(int argc, char** argv) {
     spdlog::info("seed {}", cfg.runtime.seed);
     const std::string yaml = combo::engine::dump_config(cfg);
     combo::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), yaml);
-    combo::write_file_atomic((fs::path(cfg.output_dir) / "env.json").string(), info.to_json() + "\n");
+    combo::write_file_atomic((fs::path(cfg.output_dir) / "env.json").string(),
+                             info.to_json() + "\n");
 
     const auto kind = combo::loss::parse_dataset_kind(cfg.data.dataset);
     const at::Device device(cfg.runtime.device);
@@ -123,7 +132,8 @@ int main(int argc, char** argv) {
     LoaderSource source(loader, kind);
     const auto result = trainer.run(source, start.start_iter);
     if (loader.skipped() > 0)
-      spdlog::warn("{} bad video(s) were skipped during training (data.skip_bad)", loader.skipped());
+      spdlog::warn("{} bad video(s) were skipped during training (data.skip_bad)",
+                   loader.skipped());
     if (train_set->index_errors().size() > 0)
       spdlog::warn("{} bad video(s) were left out of the training index",
                    train_set->index_errors().size());

@@ -529,6 +529,10 @@ void validate(const SynthOptions& o) {
               "another class; AVSBench-semantic has 70 classes), got ",
               o.num_classes);
   COMBO_CHECK(o.size >= 16, "combo-synth: size must be >= 16, got ", o.size);
+  COMBO_CHECK(o.style == "textured" || o.style == "flat",
+              "combo-synth: style must be textured or flat, got '", o.style, "'");
+  COMBO_CHECK(o.object_scale > 0 && o.object_scale <= 2.5,
+              "combo-synth: object scale must be in (0, 2.5], got ", o.object_scale);
   COMBO_CHECK(o.train_videos >= 0 && o.val_videos >= 0 && o.test_videos >= 0,
               "combo-synth: video counts must be >= 0, got ", o.train_videos, "/", o.val_videos,
               "/", o.test_videos);
@@ -648,7 +652,7 @@ SynthVideo synth_video(const SynthOptions& options, const std::string& split, in
 
   const double dim = static_cast<double>(std::min(width, height));
   for (auto& p : plans) {
-    p.radius = rng.uniform(0.11, 0.16) * dim;
+    p.radius = rng.uniform(0.11, 0.16) * options.object_scale * dim;
     p.angle = rng.uniform(0.0, 2 * kPi);
     p.spin = rng.uniform(-0.15, 0.15);
     p.shade = rng.uniform(0.85, 1.15);
@@ -709,6 +713,7 @@ SynthVideo synth_video(const SynthOptions& options, const std::string& split, in
   }
 
   const int w = static_cast<int>(width), h = static_cast<int>(height);
+  const bool flat = options.style == "flat";
   video.objects.resize(plans.size());
   for (size_t i = 0; i < plans.size(); ++i) {
     video.objects[i].class_index = plans[i].class_index;
@@ -733,9 +738,11 @@ SynthVideo synth_video(const SynthOptions& options, const std::string& split, in
         }
         region_of.at<uint8_t>(y, x) = static_cast<uint8_t>(best);
         double f = 0.5;
-        for (const auto& wv : waves)
-          f += 0.25 * std::sin(wv.kx * px + wv.ky * py + wv.w * dt + wv.phase);
-        const double noise = rng.uniform(-6.0, 6.0);
+        if (!flat)
+          for (const auto& wv : waves)
+            f += 0.25 * std::sin(wv.kx * px + wv.ky * py + wv.w * dt + wv.phase);
+        // Drawn in both styles so the audio after it is the same.
+        const double noise = flat ? (rng.uniform(-6.0, 6.0), 0.0) : rng.uniform(-6.0, 6.0);
         cv::Vec3b& pix = frame.at<cv::Vec3b>(y, x);
         for (int c = 0; c < 3; ++c)
           pix[c] = to_u8((bg_a[c] * (1 - f) + bg_b[c] * f) * seeds[best].tint[c] + noise);
@@ -758,7 +765,7 @@ SynthVideo synth_video(const SynthOptions& options, const std::string& split, in
           const double u = ca * dx + sa * dy, v = -sa * dx + ca * dy;
           if (!inside_shape(look.shape, u, v)) continue;
           shape.at<uint8_t>(y, x) = 1;
-          const double wb = texture_weight(look, u, v, p.phase_u, p.phase_v, p.salt);
+          const double wb = flat ? 0.0 : texture_weight(look, u, v, p.phase_u, p.phase_v, p.salt);
           cv::Vec3b& pix = frame.at<cv::Vec3b>(y, x);
           for (int k = 0; k < 3; ++k)
             pix[k] = to_u8((col_a[k] * (1 - wb) + col_b[k] * wb) * p.shade);

@@ -19,6 +19,8 @@ model::ComboModelOptions model_options(const Config& config) {
       .shared_encoders(m.pre_sam.shared)
       .audio_dim(m.audio.dim)
       .freeze_audio(m.audio.freeze)
+      .cache_audio(m.audio.cache)
+      .audio_mlp_dim(m.audio.mlp_dim)
       .conv_dim(m.pixel_decoder.conv_dim)
       .mask_dim(m.pixel_decoder.mask_dim)
       .enc_layers(m.pixel_decoder.enc_layers)
@@ -55,9 +57,8 @@ model::ComboModel build_model(const Config& config) {
   model::ComboModel model(model_options(config));
   const auto& m = config.model;
   if (!m.weights.empty()) {
-    auto report = model::load_combo_checkpoint(*model, read_weights("model.weights", m.weights),
-                                               /*strict=*/true, m.weights);
-    spdlog::info("loaded COMBO weights from {} ({} tensors)", m.weights, report.loaded);
+    // A converted official checkpoint or a combo-train checkpoint (fine-tuning from a run).
+    load_model_weights(*model, m.weights, "model.weights");
     return model;
   }
   if (!m.backbone.weights.empty()) {
@@ -65,6 +66,17 @@ model::ComboModel build_model(const Config& config) {
                                  m.backbone.weights);
     spdlog::info("loaded encoder weights from {} into {} encoder(s)", m.backbone.weights,
                  model->pre_sam_backbone ? 2 : 1);
+  }
+  if (m.audio.weights.empty() && m.audio.init == "he") {
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->audio_backbone->named_parameters()) {
+      if (p.key().size() >= 6 && p.key().compare(p.key().size() - 6, 6, "weight") == 0) {
+        torch::nn::init::kaiming_normal_(p.value(), 0.0, torch::kFanIn, torch::kReLU);
+      } else {
+        p.value().zero_();
+      }
+    }
+    spdlog::info("VGGish: random He-normal initialisation (model.audio.init=he)");
   }
   if (!m.audio.weights.empty()) {
     LoadOptions opts;
@@ -97,8 +109,9 @@ loss::SetCriterion build_criterion(const Config& config) {
   return loss::SetCriterion(criterion_options(config));
 }
 
-void load_model_weights(model::ComboModelImpl& model, const std::string& path) {
-  TensorDict dict = read_weights("--weights", path);
+void load_model_weights(model::ComboModelImpl& model, const std::string& path,
+                        const std::string& what) {
+  TensorDict dict = read_weights(what, path);
   // combo-train checkpoints (marked by checkpoint.version) hold the model under "model."
   // next to the optimiser and RNG state.
   if (dict.count("checkpoint.version")) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "combo/core/check.h"
+#include "combo/core/profile.h"
 #include "combo/engine/config.h"
 #include "combo/engine/signals.h"
 
@@ -86,6 +87,7 @@ Trainer::Trainer(model::ComboModel model, loss::SetCriterion criterion, TrainerO
   COMBO_CHECK(options_.non_finite == "stop" || options_.non_finite == "skip",
               "Trainer: non_finite must be stop | skip, got '", options_.non_finite, "'");
   optimizer_ = build_optimizer(*model_, options_.optimizer);
+  params_ = optimizer_.parameters();
   spdlog::debug("{}", param_groups_summary(optimizer_.groups));
   checkpointer_ = std::make_unique<Checkpointer>(
       *model_, &optimizer_, CheckpointerOptions{options_.output_dir, options_.keep_last});
@@ -183,6 +185,61 @@ void Trainer::evaluate(int64_t iteration, const BatchSource& source) {
   }
 }
 
+StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
+  StepResult r;
+  model_->train();
+  try {
+    model::ComboOutputs outputs;
+    {
+      COMBO_PROFILE_SCOPE("forward");
+      std::optional<AutocastGuard> autocast;
+      if (amp_active_) autocast.emplace(amp_dtype_);
+      outputs = model_->forward(batch.inputs);
+    }
+    COMBO_PROFILE_SCOPE("criterion");
+    r.loss_tensors =
+        criterion_->forward(model::criterion_inputs(outputs), batch.targets, batch.layout);
+  } catch (const std::exception& e) {
+    // Say which iteration failed (e.g. NaN inputs stop in the matcher before any loss exists).
+    throw Error(str_cat("training failed at iteration ", t, ": ", e.what()));
+  }
+  COMBO_CHECK(!r.loss_tensors.empty(), "Trainer: the criterion returned no loss at iteration ", t);
+  const auto& params = params_;
+  r.finite = all_finite(r.loss_tensors);
+  zero_grad_to_none(params);
+  if (!r.finite) {
+    if (options_.non_finite == "stop") check_finite_losses(r.loss_tensors, t);  // throws
+    ++skipped_;
+    spdlog::warn("non-finite loss at iteration {}, step skipped ({} so far): {}", t, skipped_,
+                 format_losses(r.loss_tensors));
+    return r;
+  }
+  at::Tensor total;
+  for (const auto& [k, v] : r.loss_tensors) total = total.defined() ? total + v : v;
+  bool overflow = false;
+  {
+    COMBO_PROFILE_SCOPE("backward");
+    if (scaler_) {
+      scaler_->scale(total).backward();
+      overflow = scaler_->unscale(params);
+    } else {
+      total.backward();
+    }
+  }
+  {
+    COMBO_PROFILE_SCOPE("optimizer");
+    if (!overflow) {
+      clip_gradients(params, options_.clip);
+      optimizer_.adamw->step();
+    }
+    if (scaler_) scaler_->update();
+  }
+  for (const auto& [k, v] : r.loss_tensors) r.losses[k] = v.item<double>();
+  r.total = total.item<double>();
+  r.updated = !overflow;
+  return r;
+}
+
 TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
   COMBO_CHECK(start_iter >= 0 && start_iter <= options_.max_iter, "Trainer::run: start_iter ",
               start_iter, " outside [0, ", options_.max_iter, "]");
@@ -209,7 +266,6 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
   result.last_iteration = start_iter - 1;
   IterationTimer timer;
   Window window;
-  const auto params = optimizer_.parameters();
   const auto base_lrs = optimizer_.base_lrs();
 
   for (int64_t t = start_iter; t < options_.max_iter; ++t) {
@@ -218,47 +274,13 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
     TrainBatch batch = batch_to_device(source.next(), device_);
     timer.data_ready();
 
-    model_->train();
-    TensorDict losses;
-    try {
-      model::ComboOutputs outputs;
-      {
-        std::optional<AutocastGuard> autocast;
-        if (amp_active_) autocast.emplace(amp_dtype_);
-        outputs = model_->forward(batch.inputs);
-      }
-      losses = criterion_->forward(model::criterion_inputs(outputs), batch.targets, batch.layout);
-    } catch (const std::exception& e) {
-      // Say which iteration failed (e.g. NaN inputs stop in the matcher before any loss exists).
-      throw Error(str_cat("training failed at iteration ", t, ": ", e.what()));
-    }
-    COMBO_CHECK(!losses.empty(), "Trainer: the criterion returned no loss at iteration ", t);
-    bool finite = all_finite(losses);
-    zero_grad_to_none(params);
-    if (!finite) {
-      if (options_.non_finite == "stop") check_finite_losses(losses, t);  // throws
-      ++skipped_;
-      spdlog::warn("non-finite loss at iteration {}, step skipped ({} so far): {}", t, skipped_,
-                   format_losses(losses));
-    } else {
-      at::Tensor total;
-      for (const auto& [k, v] : losses) total = total.defined() ? total + v : v;
-      bool overflow = false;
-      if (scaler_) {
-        scaler_->scale(total).backward();
-        overflow = scaler_->unscale(params);
-      } else {
-        total.backward();
-      }
-      if (!overflow) {
-        clip_gradients(params, options_.clip);
-        optimizer_.adamw->step();
-      }
-      if (scaler_) scaler_->update();
-      for (const auto& [k, v] : losses) window.loss_sums[k] += v.item<double>();
-      window.total_sum += total.item<double>();
+    const StepResult step_result = step(batch, t);
+    if (step_result.finite) {
+      for (const auto& [k, v] : step_result.losses) window.loss_sums[k] += v;
+      window.total_sum += step_result.total;
       ++window.losses_count;
     }
+    const TensorDict& losses = step_result.loss_tensors;
     result.last_iteration = t;
     loader_position_ = source.position();
 

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "combo/core/check.h"
+#include "combo/core/profile.h"
 #include "combo/loss/mask_losses.h"
 
 namespace combo::loss {
@@ -279,7 +280,11 @@ TensorDict SetCriterionImpl::forward(const ModelOutputs& outputs,
       l = l.index_select(0, row_index);
       m = m.index_select(0, row_index);
     }
-    auto matches = matcher_(l, m, frame_targets, source);
+    std::vector<MatchIndices> matches;
+    {
+      COMBO_PROFILE_SCOPE("matcher");
+      matches = matcher_(l, m, frame_targets, source);
+    }
     losses[suffixed("loss_ce", i)] =
         loss_labels(l, frame_targets, matches) * options.class_weight();
     auto [bce, dice] = loss_masks(m, target_masks, matches, num_masks, source);
@@ -297,6 +302,7 @@ TensorDict SetCriterionImpl::forward(const ModelOutputs& outputs,
   }
   const auto& consistency = options.consistency();
   if (consistency.type() != ConsistencyType::kNone) {
+    COMBO_PROFILE_SCOPE("consistency loss");
     COMBO_CHECK(!outputs.middles.empty(), "SetCriterion: the consistency loss is on (type ",
                 consistency.type() == ConsistencyType::kAdaptive ? "adaptive" : "fixed",
                 ") but the outputs carry no intermediate mask logits (middles)");

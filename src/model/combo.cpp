@@ -4,8 +4,10 @@
 
 #include <iomanip>
 #include <sstream>
+#include <string_view>
 
 #include "combo/core/check.h"
+#include "combo/core/profile.h"
 #include "combo/model/siam_encoder.h"
 
 namespace combo::model {
@@ -28,7 +30,7 @@ BilateralFusionOptions fusion_options(const ComboModelOptions& o, int64_t visual
 }
 
 audio::AudioMlpOptions audio_mlp_options(const ComboModelOptions& o) {
-  return audio::AudioMlpOptions(o.audio_dim(), 4096, o.hidden_dim());
+  return audio::AudioMlpOptions(o.audio_dim(), o.audio_mlp_dim(), o.hidden_dim());
 }
 
 }  // namespace
@@ -120,6 +122,39 @@ at::Tensor ComboModelImpl::normalize(const at::Tensor& images) const {
   return x;
 }
 
+at::Tensor ComboModelImpl::audio_embeddings(const at::Tensor& log_mel) {
+  COMBO_PROFILE_SCOPE("VGGish");
+  c10::optional<torch::NoGradGuard> no_grad;
+  if (options.freeze_audio()) no_grad.emplace();
+  const auto x = log_mel.to(torch::kFloat32);
+  if (!options.cache_audio() || !options.freeze_audio()) return audio_backbone->forward(x);
+
+  // Entries belong to the weights they were computed with: loading new weights (an in-place
+  // copy) bumps the parameters' version counters and empties the cache.
+  int64_t version = 0;
+  for (const auto& p : audio_backbone->parameters()) version += p._version();
+  if (version != audio_cache_weights_version_ || audio_cache_.size() > (1u << 18)) {
+    audio_cache_.clear();
+    audio_cache_weights_version_ = version;
+  }
+  const auto host = x.to(torch::kCPU).contiguous();
+  const int64_t n = host.size(0);
+  const size_t example_bytes =
+      static_cast<size_t>(host.numel() / std::max<int64_t>(n, 1)) * sizeof(float);
+  std::vector<at::Tensor> rows(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const auto* bytes = reinterpret_cast<const char*>(host.data_ptr<float>()) + i * example_bytes;
+    const size_t key = std::hash<std::string_view>{}(std::string_view(bytes, example_bytes));
+    auto it = audio_cache_.find(key);
+    if (it == audio_cache_.end()) {
+      auto e = audio_backbone->forward(x.narrow(0, i, 1)).squeeze(0);
+      it = audio_cache_.emplace(key, e).first;
+    }
+    rows[static_cast<size_t>(i)] = it->second;
+  }
+  return torch::stack(rows);
+}
+
 ComboOutputs ComboModelImpl::forward(const ComboInputs& in) {
   const int64_t n = in.images.size(0);
   COMBO_CHECK(in.log_mel.defined() && in.log_mel.dim() == 4 && in.log_mel.size(0) == n,
@@ -139,14 +174,13 @@ ComboOutputs ComboModelImpl::forward(const ComboInputs& in) {
   out.padded_width = images.size(3);
 
   // Audio: VGGish is frozen and runs without autograd, as the official meta-architecture does.
-  at::Tensor audio;
-  {
-    c10::optional<torch::NoGradGuard> no_grad;
-    if (options.freeze_audio()) no_grad.emplace();
-    audio = audio_backbone->forward(in.log_mel.to(torch::kFloat32)).unsqueeze(1);  // [N, 1, 128]
-  }
+  at::Tensor audio = audio_embeddings(in.log_mel).unsqueeze(1);  // [N, 1, 128]
 
-  auto features = backbone->forward(images);
+  backbone::FeatureMap features;
+  {
+    COMBO_PROFILE_SCOPE("RGB encoder");
+    features = backbone->forward(images);
+  }
   if (options.pre_sam()) {
     COMBO_CHECK(in.maskiges.defined() && in.maskiges.sizes() == in.images.sizes(),
                 "ComboModel: the Siam-Encoder needs maskiges shaped like the images ",
@@ -154,29 +188,44 @@ ComboOutputs ComboModelImpl::forward(const ComboInputs& in) {
                 in.maskiges.defined() ? in.maskiges.sizes() : at::IntArrayRef{});
     const auto maskiges = normalize(in.maskiges);
     auto& encoder = options.shared_encoders() ? backbone : pre_sam_backbone;
+    COMBO_PROFILE_SCOPE("Maskige encoder");
     features = siam_fuse(features, encoder->forward(maskiges), scale_factor_module);
   }
   if (options.fusion_placement() == FusionPlacement::kEarly) {
+    COMBO_PROFILE_SCOPE("Bilateral-Fusion");
     auto fused = fusion_module->forward(features.at("res2"), audio);
     features["res2"] = fused.visual;
     audio = fused.audio;
   }
 
   auto& head = *sem_seg_head;
-  auto pd = head.pixel_decoder->forward(features);
+  PixelDecoderOutput pd;
+  {
+    COMBO_PROFILE_SCOPE("pixel decoder");
+    pd = head.pixel_decoder->forward(features);
+  }
   at::Tensor mask_features = pd.mask_features;
   if (options.fusion_placement() == FusionPlacement::kLate) {
-    auto fused = head.fusion_module->forward(mask_features, audio);
-    mask_features = fused.visual;
-    audio = head.audio_transformation->forward(fused.audio);
+    at::Tensor fused_audio;
+    {
+      COMBO_PROFILE_SCOPE("Bilateral-Fusion");
+      auto fused = head.fusion_module->forward(mask_features, audio);
+      mask_features = fused.visual;
+      fused_audio = fused.audio;
+    }
+    COMBO_PROFILE_SCOPE("audio MLP");
+    audio = head.audio_transformation->forward(fused_audio);
   } else {
+    COMBO_PROFILE_SCOPE("audio MLP");
     audio = audio_transformation->forward(audio);
   }
+  COMBO_PROFILE_SCOPE("transformer decoder");
   out.decoder = head.predictor->forward(pd.multi_scale_features, mask_features, audio);
   return out;
 }
 
 ComboPrediction ComboModelImpl::postprocess(const ComboOutputs& outputs) const {
+  COMBO_PROFILE_SCOPE("postprocess");
   const auto& d = outputs.decoder;
   const int64_t c = options.num_classes();
   auto masks = torch::nn::functional::interpolate(

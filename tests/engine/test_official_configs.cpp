@@ -64,7 +64,9 @@ TEST(OfficialConfigs, TrainingRecipeOfComboSpec8) {
     EXPECT_EQ(c.solver.max_iter, o.max_iter);
     EXPECT_EQ(c.test.eval_period, o.eval_period);
     EXPECT_EQ(c.solver.amp.enabled, o.amp);
-    if (o.amp) EXPECT_EQ(c.solver.amp.dtype, "fp16");
+    if (o.amp) {
+      EXPECT_EQ(c.solver.amp.dtype, "fp16");
+    }
     EXPECT_EQ(c.data.augment.crop_size, 224);
     EXPECT_EQ(c.data.augment.pad_size, 224);
     EXPECT_DOUBLE_EQ(c.data.augment.flip_prob, 0.5);

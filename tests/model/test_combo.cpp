@@ -5,6 +5,7 @@
 #include <set>
 
 #include "combo/core/check.h"
+#include "combo/core/profile.h"
 #include "combo/model/combo.h"
 #include "testing/testing.h"
 
@@ -414,4 +415,61 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
     ASSERT_TRUE(params.count(name)) << name;
     EXPECT_TENSOR_NEAR_REL(ref, params.at(name).grad(), 1e-3) << name;
   }
+}
+
+TEST_F(ComboModelTest, AudioCacheGivesTheSameEmbeddingsAndForgetsOldWeights) {
+  ComboModel plain(tiny());
+  ComboModel cached(tiny().cache_audio(true));
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < plain->parameters().size(); ++i)
+    cached->parameters()[i].copy_(plain->parameters()[i]);
+  plain->eval();
+  cached->eval();
+  auto mel = torch::randn({6, 1, 96, 64});
+  const auto expected = plain->audio_embeddings(mel);
+  const auto first = cached->audio_embeddings(mel);
+  EXPECT_EQ(cached->audio_cache_size(), 6u);
+  EXPECT_TRUE(torch::allclose(first, expected, 1e-5, 1e-6));
+  // Repeated and reordered examples hit the cache (no new entry) and give the same rows.
+  auto again = cached->audio_embeddings(torch::cat({mel.narrow(0, 3, 3), mel.narrow(0, 0, 1)}));
+  EXPECT_EQ(cached->audio_cache_size(), 6u);
+  EXPECT_TRUE(torch::equal(again.narrow(0, 0, 3), first.narrow(0, 3, 3)));
+  EXPECT_TRUE(torch::equal(again[3], first[0]));
+  // New VGGish weights (an in-place load, as a checkpoint load does) empty the cache.
+  cached->audio_backbone->parameters()[0].mul_(2.0);
+  const auto after = cached->audio_embeddings(mel.narrow(0, 0, 2));
+  EXPECT_EQ(cached->audio_cache_size(), 2u);
+  plain->audio_backbone->parameters()[0].mul_(2.0);
+  EXPECT_TRUE(torch::allclose(after, plain->audio_embeddings(mel.narrow(0, 0, 2)), 1e-5, 1e-6));
+  // The whole forward pass agrees with the uncached model.
+  auto in = random_inputs(1, 3);
+  const auto a = plain->forward(in).decoder.pred_masks;
+  const auto b = cached->forward(in).decoder.pred_masks;
+  EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-4)) << (a - b).abs().max();
+  // An unfrozen VGGish is never cached.
+  ComboModel trainable(tiny().cache_audio(true).freeze_audio(false));
+  trainable->audio_embeddings(mel);
+  EXPECT_EQ(trainable->audio_cache_size(), 0u);
+}
+
+TEST_F(ComboModelTest, ProfileScopesTimeEachStageOnlyWhenActive) {
+  ComboModel model(tiny());
+  model->eval();
+  auto in = random_inputs(1, 2);
+  combo::prof::Profile profile;
+  {
+    torch::NoGradGuard no_grad;
+    model->forward(in);  // no active profile: nothing recorded
+    EXPECT_TRUE(profile.seconds.empty());
+    combo::prof::ProfileActivation active(&profile);
+    model->predict(in);
+  }
+  for (const char* stage :
+       {"VGGish", "RGB encoder", "Maskige encoder", "pixel decoder", "Bilateral-Fusion",
+        "audio MLP", "transformer decoder", "postprocess"}) {
+    ASSERT_TRUE(profile.seconds.count(stage)) << stage;
+    EXPECT_EQ(profile.calls.at(stage), 1) << stage;
+    EXPECT_GE(profile.seconds.at(stage), 0.0) << stage;
+  }
+  EXPECT_EQ(combo::prof::active(), nullptr);
 }

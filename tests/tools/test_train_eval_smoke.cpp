@@ -231,3 +231,27 @@ TEST_F(TrainEvalSmoke, InferSegmentsAVideoWithSound) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string logged_seed(const std::string& output) {
+  const auto at = output.find("] seed ");
+  if (at == std::string::npos) return "";
+  const auto start = at + 7;
+  return output.substr(start, output.find_first_of("\r\n", start) - start);
+}
+
+}  // namespace
+
+TEST_F(TrainEvalSmoke, ARandomSeedIsDrawnOnceAndKeptByResume) {
+  auto r = run_shell(tool("combo-train") + " --config " + cfg.string() +
+                     " --no-eval runtime.seed=-1 solver.max_iter=2 solver.checkpoint_period=1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string first = logged_seed(r.output);
+  ASSERT_FALSE(first.empty()) << r.output;
+  EXPECT_NE(first, "-1");
+  r = run_shell(tool("combo-train") + " --config " + cfg.string() +
+                " --no-eval --resume runtime.seed=-1 solver.max_iter=3 solver.checkpoint_period=1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(logged_seed(r.output), first) << r.output;
+}

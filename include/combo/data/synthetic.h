@@ -30,6 +30,15 @@ struct SynthOptions {
   int64_t size = 224;       ///< frame size (S4/MS3 square frames; AVSS frames are size*1.5 x size)
   int64_t num_classes = 4;  ///< sound classes used (<= 70 for AVSS; S4 categories come from these)
   int64_t seed = 0;
+  /// Object radius = object_scale x (0.11 .. 0.16) x the frame's shorter side. Larger objects make
+  /// an easier task (the demo uses 1.6 at 64 px, where the default objects are 7-10 px across).
+  double object_scale = 1.0;
+  /// "textured": objects drawn in two class colours with a class texture over a textured,
+  /// noisy background. "flat": each object in its one class colour over a smooth, untextured
+  /// background (an easier task: the look is the colour and the shape). The sounds, shapes,
+  /// sizes and motions are the same for the same seed in both styles (object_scale, which
+  /// changes the placements, changes the random draws after them, the sounds included).
+  std::string style = "textured";
   bool write_raw_videos = true;  ///< raw_videos/*.mp4 with the audio track
   /// Also write the log-mel examples the official loaders read (combo::audio front end, saved
   /// with torch::pickle_save, which Python's torch.load and combo::io::read_log_mel_pkl read):

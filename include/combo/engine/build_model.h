@@ -23,6 +23,8 @@ loss::SetCriterion build_criterion(const Config& config);
 /// Loads a weights file into `model`, strictly (an error lists every missing, unexpected or
 /// mis-shaped key, e.g. after a class-count change): a converted COMBO checkpoint with the
 /// official key names, or a combo-train checkpoint (model tensors under the `model.` prefix).
-void load_model_weights(model::ComboModelImpl& model, const std::string& path);
+/// `what` names the source in errors (the option or config key).
+void load_model_weights(model::ComboModelImpl& model, const std::string& path,
+                        const std::string& what = "--weights");
 
 }  // namespace combo::engine

@@ -28,6 +28,18 @@ struct AudioConfig {
   std::string weights;  ///< VGGish state dict ("" = random, for tests and demos)
   bool freeze = true;   ///< VGGish weights frozen (official)
   int64_t dim = 128;    ///< VGGish embedding size
+  /// How VGGish is initialised when `weights` is empty: "pytorch" (PyTorch's default layer init,
+  /// what the official code would build) or "he" (He-normal weights, zero biases). PyTorch's
+  /// default shrinks the signal through VGGish's nine layers: on the synthetic sounds the
+  /// embedding has a norm near 0.08 and varies by about 4% between sounds, so the rest of the
+  /// model hardly sees the audio; with "he" the norm is near 37 and it varies by about 28%.
+  /// Only for training without AudioSet weights (the demo); ignored when `weights` is set.
+  std::string init = "pytorch";
+  /// Memoise the frozen VGGish's embedding per distinct log-mel example (ComboModelOptions::
+  /// cache_audio): saves VGGish's forward (about a quarter of the demo's step) from the second
+  /// epoch on. Off by default (the official code runs VGGish every step).
+  bool cache = false;
+  int64_t mlp_dim = 4096;  ///< hidden width of the audio MLP (official 4096)
 };
 
 struct PixelDecoderConfig {

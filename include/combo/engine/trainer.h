@@ -94,6 +94,15 @@ using EvalFunction = std::function<std::map<std::string, double>(int64_t iterati
 /// Called after each step with the iteration and its (weighted) losses.
 using StepHook = std::function<void(int64_t iteration, const TensorDict& losses)>;
 
+/// What one training step did (Trainer::step).
+struct StepResult {
+  TensorDict loss_tensors;               ///< the criterion's weighted losses
+  std::map<std::string, double> losses;  ///< their values (finite steps only)
+  double total = 0;                      ///< their sum (finite steps only)
+  bool finite = true;                    ///< false: no update (non_finite = "skip")
+  bool updated = false;  ///< the optimiser stepped (false on a non-finite loss or fp16 overflow)
+};
+
 enum class TrainStatus {
   kCompleted,    ///< reached max_iter
   kInterrupted,  ///< stopped by SIGINT/SIGTERM after writing a checkpoint
@@ -134,6 +143,12 @@ class Trainer {
   /// "stop").
   TrainResult run(BatchSource& source, int64_t start_iter = 0);
 
+  /// One optimisation step on `batch` (already on the model's device) at iteration t, without
+  /// the schedule and the hooks: forward (under autocast with AMP), criterion, non-finite check,
+  /// backward, clipping, AdamW step. Stages are timed into the active combo::prof::Profile
+  /// ("forward", "criterion", "backward", "optimizer"). Used by run() and by combo-bench.
+  StepResult step(const TrainBatch& batch, int64_t t);
+
   void set_evaluator(EvalFunction evaluate) { evaluate_ = std::move(evaluate); }
   void set_after_step(StepHook hook) { after_step_ = std::move(hook); }
   /// Extra writers (besides the ones the options turn on).
@@ -160,6 +175,7 @@ class Trainer {
   loss::SetCriterion criterion_;
   TrainerOptions options_;
   NamedOptimizer optimizer_;
+  std::vector<at::Tensor> params_;  ///< every parameter the optimiser updates
   LrSchedule schedule_;
   std::unique_ptr<Checkpointer> checkpointer_;
   std::unique_ptr<LossScaler> scaler_;

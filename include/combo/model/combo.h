@@ -11,6 +11,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "combo/audio/audio_mlp.h"
@@ -41,6 +42,14 @@ struct ComboModelOptions {
   // Audio.
   TORCH_ARG(int64_t, audio_dim) = 128;
   TORCH_ARG(bool, freeze_audio) = true;
+  /// Hidden width of the audio MLP (official 4096; its 4096 x 4096 layer is 17 M parameters).
+  TORCH_ARG(int64_t, audio_mlp_dim) = 4096;
+  /// Memoise the frozen VGGish's embedding of every distinct log-mel example (keyed by its bytes
+  /// and the VGGish weights' versions). A miss is computed alone (batch of 1) so a result never
+  /// depends on which clips shared a batch; embeddings agree with a batched forward to float
+  /// rounding, not bitwise. For training on a small fixed set (the demo), where each epoch
+  /// would run VGGish on the same clips again. Ignored when VGGish is not frozen.
+  TORCH_ARG(bool, cache_audio) = false;
   // Pixel decoder (COMBO_SPEC 5.1).
   TORCH_ARG(int64_t, conv_dim) = 256;
   TORCH_ARG(int64_t, mask_dim) = 256;
@@ -130,6 +139,13 @@ class ComboModelImpl : public torch::nn::Cloneable<ComboModelImpl> {
   /// (x - mean) / std, then zero padding to a multiple of size_divisibility.
   at::Tensor normalize(const at::Tensor& images) const;
 
+  /// VGGish embeddings [N, 128] of log-mel examples [N, 1, 96, 64], through the cache when
+  /// options.cache_audio() and VGGish is frozen (no autograd in either case when frozen).
+  at::Tensor audio_embeddings(const at::Tensor& log_mel);
+
+  /// Entries in the audio cache (0 when it is off).
+  size_t audio_cache_size() const { return audio_cache_.size(); }
+
   ComboModelOptions options;
   backbone::Backbone backbone{nullptr};
   backbone::Backbone pre_sam_backbone{nullptr};        ///< Siam-Encoder with separate weights only
@@ -142,6 +158,8 @@ class ComboModelImpl : public torch::nn::Cloneable<ComboModelImpl> {
  private:
   at::Tensor pixel_mean_;  // [1, 3, 1, 1], not part of the state dict (official: non-persistent)
   at::Tensor pixel_std_;
+  std::unordered_map<size_t, at::Tensor> audio_cache_;  ///< hash of the example's bytes -> [128]
+  int64_t audio_cache_weights_version_ = -1;            ///< VGGish weights the entries belong to
 };
 TORCH_MODULE(ComboModel);
 

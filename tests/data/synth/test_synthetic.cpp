@@ -256,6 +256,50 @@ TEST(SynthContent, ObjectsMoveAndFramesDiffer) {
   }
 }
 
+TEST(SynthContent, FlatStyleAndObjectScaleKeepTheSoundsAndPlan) {
+  combo::testing::TempDir dir;
+  SynthOptions textured = tiny("s4", dir.path());
+  SynthOptions flat = textured;
+  flat.style = "flat";
+  SynthOptions large = flat;
+  large.object_scale = 1.5;
+  for (int64_t i = 0; i < 3; ++i) {
+    const auto a = combo::data::synth_video(textured, "train", i);
+    const auto b = combo::data::synth_video(flat, "train", i);
+    EXPECT_EQ(a.audio, b.audio) << "the sounds do not depend on the style";
+    ASSERT_EQ(a.objects.size(), b.objects.size());
+    for (size_t k = 0; k < a.objects.size(); ++k) {
+      EXPECT_EQ(a.objects[k].class_index, b.objects[k].class_index);
+      EXPECT_EQ(a.objects[k].sounding, b.objects[k].sounding);
+    }
+    // Flat: every visible pixel of an object has one colour (per object and frame).
+    for (size_t t = 0; t < b.frames.size(); ++t)
+      for (const auto& obj : b.objects) {
+        std::set<std::array<uint8_t, 3>> colours;
+        for (int y = 0; y < obj.masks[t].rows; ++y)
+          for (int x = 0; x < obj.masks[t].cols; ++x)
+            if (obj.masks[t].at<uint8_t>(y, x)) {
+              const auto p = b.frames[t].at<cv::Vec3b>(y, x);
+              colours.insert({p[0], p[1], p[2]});
+            }
+        EXPECT_LE(colours.size(), 1u) << "video " << i << " frame " << t;
+      }
+    // Same shapes, places and motions: the visible masks are the same.
+    for (size_t k = 0; k < a.objects.size(); ++k)
+      EXPECT_TRUE(same(a.objects[k].masks[2], b.objects[k].masks[2])) << "video " << i;
+    // Larger objects (placed anew, so the draws after them differ): more object pixels.
+    const auto c = combo::data::synth_video(large, "train", i);
+    int64_t area_b = 0, area_c = 0;
+    for (const auto& o : b.objects) area_b += cv::countNonZero(o.masks[0]);
+    for (const auto& o : c.objects) area_c += cv::countNonZero(o.masks[0]);
+    EXPECT_GT(area_c, area_b) << "video " << i;
+  }
+  SynthOptions bad = textured;
+  bad.style = "cartoon";
+  bad.out = (dir.path() / "bad").string();
+  EXPECT_THROW(combo::data::synthesize(bad), combo::Error);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 TEST(SynthS4, WritesTheExactLayout) {
