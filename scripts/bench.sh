@@ -4,14 +4,14 @@
 # S4 settings, random weights, 2 warm-up runs then 5 timed runs; for the PVT-b0 variant, PVT-v2-b5
 # and ResNet-50 models: inference per clip, training step, their component breakdown and peak
 # RSS; then the log-mel front end and the data loader.
-#   scripts/bench.sh                 # writes bench.json and bench.md (BENCH_OUT=<folder> to move)
+#   scripts/bench.sh                 # writes bench/bench.json and bench/bench.md (BENCH_OUT=<folder>)
 #   BENCH_RUNS=3 scripts/bench.sh    # fewer timed runs
 # Needs the tools built (scripts/demo.sh or scripts/test.sh builds them; this script builds them
 # too when they are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${COMBO_BUILD_DIR:-build}
-out=${BENCH_OUT:-.}
+out=${BENCH_OUT:-bench}
 runs=${BENCH_RUNS:-5}
 warmup=${BENCH_WARMUP:-2}
 threads=${BENCH_THREADS:-2}
@@ -35,7 +35,7 @@ bench pvt_v2_b5 configs/avs_s4/COMBO_PVTV2B5_bs8_90k.yaml
 bench resnet50 configs/avs_s4/COMBO_R50_bs8_90k.yaml
 bench front_end configs/avs_s4/COMBO_PVTV2B5_bs8_90k.yaml --what logmel,loader
 {
-  echo "Produced by \`scripts/bench.sh\` (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%d), $threads threads, $runs runs after $warmup warm-ups):"
+  echo "Produced by \`scripts/bench.sh\` (commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%d), $threads threads, $runs runs after $warmup warm-up run(s)):"
   echo
   "$build/tools/combo-bench" --table "$json" --anchor bench/official_anchor.json
 } > "$out/bench.md"

@@ -54,7 +54,9 @@ fi
 
 echo "== 4/4 pictures"
 if /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
-  /usr/bin/python3 tools/plot_runs.py --out "$out/curves.png" "$out/train" || \
+  runs=("$out/train")
+  [ "$ablation" = 1 ] && runs+=("$out/train_silent")
+  /usr/bin/python3 tools/plot_runs.py --out "$out/curves.png" "${runs[@]}" || \
       echo "demo.sh: plotting failed (the run itself is complete)"
 fi
 

@@ -78,6 +78,7 @@ pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
 }
 
 struct Job {
+  Job(SweepRun r, fs::path d) : run(std::move(r)), dir(std::move(d)) {}
   SweepRun run;
   fs::path dir;
   std::string stage;  ///< train | eval
@@ -113,6 +114,8 @@ int main(int argc, char** argv) {
   app.add_option("overrides", overrides, "key.path=value overrides for every run");
   CLI11_PARSE(app, argc, argv);
 
+  // Progress lines appear as they happen, also when the output goes to a file.
+  std::cout << std::unitbuf;
   return run_tool([&] {
     if (!collect_dir.empty()) {
       const auto table = collect_sweep(collect_dir);
@@ -187,7 +190,7 @@ int main(int argc, char** argv) {
 
     if (dry_run) {
       for (const auto& r : spec.runs) {
-        Job j{r, fs::path(out_dir) / r.name};
+        Job j(r, fs::path(out_dir) / r.name);
         std::cout << r.name << " (" << run_state_name(read_run_status(j.dir.string()).state)
                   << ")\n  " << quoted(train_args(j, fs::exists(j.dir / "last_checkpoint")))
                   << "\n  " << quoted(eval_args(j)) << "\n";
@@ -211,7 +214,7 @@ int main(int argc, char** argv) {
     std::deque<Job> queue;
     int skipped = 0;
     for (const auto& r : spec.runs) {
-      Job j{r, fs::path(out_dir) / r.name};
+      Job j(r, fs::path(out_dir) / r.name);
       fs::create_directories(j.dir);
       j.status = read_run_status(j.dir.string());
       if (j.status.state == RunState::kDone) {
