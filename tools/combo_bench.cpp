@@ -3,6 +3,7 @@
 // records and a readable table. Performance is measured here, never asserted in tests.
 #include <torch/cuda.h>
 #include <torch/torch.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +15,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -88,6 +90,7 @@ json stats_json(const Stats& s) {
 /// One measured figure: repeated values of `unit`, the peak RSS while it ran, and (for the model
 /// figures) the per-component seconds of each run.
 struct Figure {
+  Figure(std::string n, std::string u) : name(std::move(n)), unit(std::move(u)) {}
   std::string name;
   std::string unit;  ///< "s" (lower is better) or e.g. "videos/s" (higher is better)
   std::vector<double> values;

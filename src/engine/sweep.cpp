@@ -84,14 +84,18 @@ std::string yaml_value_text(const YAML::Node& node) {
   return e.c_str();
 }
 
+/// The value at parts[i..] below `node`, or "" when any part is missing. Recursive: assigning
+/// one yaml-cpp Node to another would write into the tree instead of moving down it.
+std::string yaml_lookup(const YAML::Node& node, const std::vector<std::string>& parts,
+                        size_t i = 0) {
+  if (i == parts.size()) return yaml_value_text(node);
+  if (!node.IsMap() || !node[parts[i]]) return "";
+  return yaml_lookup(node[parts[i]], parts, i + 1);
+}
+
 /// The value at a dotted key in a YAML file, or "" when any part is missing.
 std::string yaml_lookup(const YAML::Node& root, const std::string& key) {
-  YAML::Node node = YAML::Clone(root);
-  for (const auto& part : split_dots(key)) {
-    if (!node.IsMap() || !node[part]) return "";
-    node = node[part];
-  }
-  return yaml_value_text(node);
+  return yaml_lookup(root, split_dots(key));
 }
 
 std::string csv_cell(const std::string& s) {

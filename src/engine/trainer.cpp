@@ -204,9 +204,8 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
     throw Error(str_cat("training failed at iteration ", t, ": ", e.what()));
   }
   COMBO_CHECK(!r.loss_tensors.empty(), "Trainer: the criterion returned no loss at iteration ", t);
-  const auto& params = params_;
   r.finite = all_finite(r.loss_tensors);
-  zero_grad_to_none(params);
+  zero_grad_to_none(params_);
   if (!r.finite) {
     if (options_.non_finite == "stop") check_finite_losses(r.loss_tensors, t);  // throws
     ++skipped_;
@@ -221,7 +220,7 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
     COMBO_PROFILE_SCOPE("backward");
     if (scaler_) {
       scaler_->scale(total).backward();
-      overflow = scaler_->unscale(params);
+      overflow = scaler_->unscale(params_);
     } else {
       total.backward();
     }
@@ -229,7 +228,7 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
   {
     COMBO_PROFILE_SCOPE("optimizer");
     if (!overflow) {
-      clip_gradients(params, options_.clip);
+      clip_gradients(params_, options_.clip);
       optimizer_.adamw->step();
     }
     if (scaler_) scaler_->update();
