@@ -43,6 +43,26 @@ std::vector<int64_t> epoch_order(int64_t size, uint64_t seed, int64_t epoch, boo
   return shard;
 }
 
+std::vector<int64_t> contiguous_shard(int64_t size, int64_t rank, int64_t world_size) {
+  COMBO_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "loader: rank ", rank,
+              " outside world size ", world_size);
+  const int64_t base = size / world_size, extra = size % world_size;
+  const int64_t begin = rank * base + std::min(rank, extra);
+  const int64_t count = base + (rank < extra ? 1 : 0);
+  std::vector<int64_t> shard(count);
+  std::iota(shard.begin(), shard.end(), begin);
+  return shard;
+}
+
+namespace {
+std::vector<int64_t> loader_order(int64_t size, const LoaderOptions& o, int64_t epoch,
+                                  bool shuffle) {
+  if (o.contiguous_shards && !o.shuffle && !o.infinite)
+    return contiguous_shard(size, o.rank, o.world_size);
+  return epoch_order(size, o.seed, epoch, shuffle, o.rank, o.world_size, o.infinite);
+}
+}  // namespace
+
 DataLoader::DataLoader(std::shared_ptr<const AvsDataset> dataset, LoaderOptions options)
     : dataset_(std::move(dataset)), options_(options) {
   COMBO_CHECK(dataset_, "DataLoader: no dataset");
@@ -51,9 +71,7 @@ DataLoader::DataLoader(std::shared_ptr<const AvsDataset> dataset, LoaderOptions 
   COMBO_CHECK(options_.num_workers >= 0 && options_.prefetch >= 1,
               "DataLoader: num_workers >= 0 and prefetch >= 1 required");
   const int64_t shard =
-      static_cast<int64_t>(epoch_order(dataset_->size(), options_.seed, 0, false, options_.rank,
-                                       options_.world_size, options_.infinite)
-                               .size());
+      static_cast<int64_t>(loader_order(dataset_->size(), options_, 0, false).size());
   const bool drop = options_.drop_last || options_.infinite;
   per_epoch_ = drop ? shard / options_.batch_videos
                     : (shard + options_.batch_videos - 1) / options_.batch_videos;
@@ -105,8 +123,7 @@ bool DataLoader::make_job(Job& job) {
   job.epoch = options_.start_epoch + g / per_epoch_;
   job.batch = g % per_epoch_;
   if (order_epoch_ != job.epoch) {
-    order_ = epoch_order(dataset_->size(), options_.seed, job.epoch, options_.shuffle,
-                         options_.rank, options_.world_size, options_.infinite);
+    order_ = loader_order(dataset_->size(), options_, job.epoch, options_.shuffle);
     order_epoch_ = job.epoch;
   }
   const int64_t begin = job.batch * options_.batch_videos;

@@ -342,6 +342,9 @@ std::vector<FieldInfo> config_fields(Config& c) {
       field("runtime.seed", c.runtime.seed),
       field("runtime.threads", c.runtime.threads),
       field("runtime.device", c.runtime.device),
+      field("runtime.dist_backend", c.runtime.dist_backend, {"auto", "gloo", "nccl"}),
+      field("runtime.dist_timeout", c.runtime.dist_timeout),
+      field("runtime.dist_bucket_mb", c.runtime.dist_bucket_mb),
       field("output_dir", c.output_dir),
   };
 }

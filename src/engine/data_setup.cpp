@@ -52,6 +52,7 @@ data::LoaderOptions eval_loader_options(const Config& c, int64_t rank, int64_t w
   o.prefetch = c.data.prefetch;
   o.shuffle = false;
   o.infinite = false;
+  o.contiguous_shards = true;
   o.rank = rank;
   o.world_size = world_size;
   return o;

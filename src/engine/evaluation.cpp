@@ -7,6 +7,9 @@
 #include <chrono>
 
 #include "combo/core/check.h"
+#include "combo/core/state_dict.h"
+#include "combo/engine/checkpointer.h"
+#include "combo/engine/distributed.h"
 
 namespace combo::engine {
 
@@ -86,6 +89,35 @@ int64_t run_evaluation(model::ComboModelImpl& model, data::DataLoader& loader,
   }
   if (was_training) model.train();
   return videos;
+}
+
+void merge_across_ranks(metrics::Evaluator& evaluator, ProcessGroup& group) {
+  const auto state = evaluator.state();
+  TensorDict dict = state.tensors;
+  std::string ids;
+  for (const auto& id : state.video_ids) ids += id + "\n";
+  dict["__video_ids__"] = string_to_tensor(ids);
+  dict["__rank__"] = at::full({1}, group.rank(), at::kLong);  // never a one-entry dict
+  const auto bytes = torch::pickle_save(to_ivalue(dict));
+  const auto all = group.all_gather_bytes(std::string(bytes.begin(), bytes.end()),
+                                          "all-gather of the evaluation states");
+  evaluator.reset();
+  for (size_t r = 0; r < all.size(); ++r) {
+    TensorDict part =
+        flatten_tensor_dict(torch::pickle_load(std::vector<char>(all[r].begin(), all[r].end())));
+    COMBO_CHECK(part.count("__video_ids__"), "evaluation state of rank ", r, " has no video ids");
+    metrics::EvaluatorState s;
+    const std::string text = tensor_to_string(part.at("__video_ids__"));
+    part.erase("__video_ids__");
+    part.erase("__rank__");
+    for (size_t begin = 0; begin < text.size();) {
+      const size_t end = text.find('\n', begin);
+      s.video_ids.push_back(text.substr(begin, end - begin));
+      begin = end + 1;
+    }
+    s.tensors = std::move(part);
+    if (!s.video_ids.empty()) evaluator.merge(s);
+  }
 }
 
 }  // namespace combo::engine

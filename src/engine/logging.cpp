@@ -17,7 +17,8 @@ void setup_logging(const std::string& output_dir, int rank, const std::string& l
   std::vector<spdlog::sink_ptr> sinks;
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   console->set_level(rank == 0 ? lvl : spdlog::level::warn);
-  console->set_pattern("[%H:%M:%S %^%l%$] %v");
+  console->set_pattern(rank == 0 ? std::string("[%H:%M:%S %^%l%$] %v")
+                                 : "[%H:%M:%S %^%l%$ rank " + std::to_string(rank) + "] %v");
   sinks.push_back(console);
   if (!output_dir.empty()) {
     std::error_code ec;

@@ -3,6 +3,10 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 
 #include "combo/core/check.h"
@@ -29,6 +33,33 @@ void zero_grad_to_none(const std::vector<at::Tensor>& params) {
   }
 }
 
+// This rank's generator states (CPU, and its CUDA device's) as bytes, for the checkpoints of a
+// data-parallel run: [cpu state size as 8 bytes][cpu state][cuda state].
+std::string rng_bytes() {
+  const TensorDict rng = rng_state_dict();
+  const at::Tensor cpu = rng.at("cpu").contiguous();
+  at::Tensor cuda;
+  for (const auto& [k, v] : rng)
+    if (k.rfind("cuda.", 0) == 0 && !cuda.defined()) cuda = v.contiguous();
+  const uint64_t n = static_cast<uint64_t>(cpu.numel());
+  std::string out(sizeof(n), '\0');
+  std::memcpy(out.data(), &n, sizeof(n));
+  out.append(reinterpret_cast<const char*>(cpu.data_ptr<uint8_t>()), cpu.numel());
+  if (cuda.defined())
+    out.append(reinterpret_cast<const char*>(cuda.data_ptr<uint8_t>()), cuda.numel());
+  return out;
+}
+
+at::Tensor bytes_tensor(const char* data, size_t size) {
+  auto t = at::empty({static_cast<int64_t>(size)}, at::kByte);
+  if (size > 0) std::memcpy(t.data_ptr<uint8_t>(), data, size);
+  return t;
+}
+
+std::string rng_key(int rank, const char* gen) {
+  return "rng_rank" + std::to_string(rank) + "." + gen;
+}
+
 // Window means for the writers.
 struct Window {
   std::map<std::string, double> loss_sums;
@@ -53,6 +84,9 @@ TrainerOptions trainer_options_from_config(const Config& config) {
   o.amp_dtype = config.solver.amp.dtype;
   amp_dtype_from_string(o.amp_dtype);  // validates the key
   o.config_text = dump_config(config);
+  COMBO_CHECK(config.runtime.dist_bucket_mb > 0, "runtime.dist_bucket_mb must be > 0, got ",
+              config.runtime.dist_bucket_mb);
+  o.dist_bucket_bytes = static_cast<int64_t>(config.runtime.dist_bucket_mb * (1 << 20));
   return o;
 }
 
@@ -103,6 +137,32 @@ Trainer::Trainer(model::ComboModel model, loss::SetCriterion criterion, TrainerO
   }
 }
 
+void Trainer::set_distributed(std::shared_ptr<ProcessGroup> group) {
+  if (!group || group->world_size() <= 1) {
+    group_.reset();
+    reducer_.reset();
+    criterion_->set_num_masks_reducer(nullptr);
+    return;
+  }
+  group_ = std::move(group);
+  std::vector<at::Tensor> state = model_->parameters();
+  for (const auto& b : model_->buffers()) state.push_back(b);
+  broadcast_from_rank0(*group_, state, "broadcast of the initial weights");
+  reducer_ = std::make_unique<GradientReducer>(group_, params_, options_.dist_bucket_bytes);
+  // Mask2Former: num_masks = all_reduce(K) / world_size, and the gradients are averaged, so
+  // the mask losses equal one process's on the union of the batches.
+  auto g = group_;
+  criterion_->set_num_masks_reducer([g](double local) {
+    return g->all_reduce_sum(std::vector<double>{local}, "all-reduce of the mask count")[0] /
+           g->world_size();
+  });
+  spdlog::info("data parallel: rank {} of {} ({}), {} gradient bucket(s) of <= {} MB",
+               group_->rank(), group_->world_size(), group_->backend(), reducer_->num_buckets(),
+               options_.dist_bucket_bytes >> 20);
+}
+
+// Collective in a data-parallel run (every rank's generator state is gathered): every rank
+// calls it at the same points.
 TrainingState Trainer::make_state(int64_t iteration, const BatchSource* source) const {
   TrainingState s;
   s.iteration = iteration;
@@ -111,12 +171,27 @@ TrainingState Trainer::make_state(int64_t iteration, const BatchSource* source) 
   s.metrics = metrics_;
   s.metrics["skipped_steps"] = static_cast<double>(skipped_);
   if (scaler_) s.tensors = scaler_->state_dict();
+  if (group_) {
+    const auto all = group_->all_gather_bytes(rng_bytes(), "all-gather of the generator states");
+    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+      uint64_t n = 0;
+      COMBO_CHECK(all[r].size() >= sizeof(n), "generator state of rank ", r, " is empty");
+      std::memcpy(&n, all[r].data(), sizeof(n));
+      COMBO_CHECK(all[r].size() >= sizeof(n) + n, "generator state of rank ", r, " is truncated");
+      s.tensors[rng_key(r, "cpu")] = bytes_tensor(all[r].data() + sizeof(n), n);
+      if (all[r].size() > sizeof(n) + n)
+        s.tensors[rng_key(r, "cuda")] =
+            bytes_tensor(all[r].data() + sizeof(n) + n, all[r].size() - sizeof(n) - n);
+    }
+    s.metrics["world_size"] = group_->world_size();
+  }
   return s;
 }
 
 std::string Trainer::save_periodic(int64_t iteration, const BatchSource& source) {
   last_saved_iteration_ = iteration;
-  return checkpointer_->save_periodic(make_state(iteration, &source));
+  const TrainingState s = make_state(iteration, &source);
+  return is_main() ? checkpointer_->save_periodic(s) : std::string();
 }
 
 ResumeState Trainer::resume_or_load(bool resume) {
@@ -136,7 +211,41 @@ ResumeState Trainer::resume_or_load(bool resume) {
   skipped_ =
       s.metrics.count("skipped_steps") ? static_cast<int64_t>(s.metrics.at("skipped_steps")) : 0;
   s.metrics.erase("skipped_steps");
+  const int saved_world =
+      s.metrics.count("world_size") ? static_cast<int>(s.metrics.at("world_size")) : 1;
+  s.metrics.erase("world_size");
   metrics_ = s.metrics;
+  // Every rank's generators: its own saved state when the run had this rank, else a stream of
+  // its own derived from rank 0's (a run resumed with another number of processes continues
+  // correctly but draws other random numbers than an unbroken run would have).
+  const int rank = group_ ? group_->rank() : 0;
+  const int world = group_ ? group_->world_size() : 1;
+  TensorDict rank_rng;
+  for (auto it = s.tensors.begin(); it != s.tensors.end();) {
+    if (it->first.rfind("rng_rank", 0) == 0) {
+      rank_rng[it->first] = it->second;
+      it = s.tensors.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (rank_rng.count(rng_key(rank, "cpu"))) {
+    TensorDict mine{{"cpu", rank_rng.at(rng_key(rank, "cpu"))}};
+    if (rank_rng.count(rng_key(rank, "cuda")) && device_.is_cuda())
+      mine["cuda." + std::to_string(device_.has_index() ? device_.index() : 0)] =
+          rank_rng.at(rng_key(rank, "cuda"));
+    restore_rng_state(mine);
+  } else if (rank > 0) {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(gen.current_seed() + 1000003ULL * static_cast<uint64_t>(rank) +
+                         static_cast<uint64_t>(r.start_iter));
+  }
+  if (saved_world != world)
+    spdlog::warn(
+        "resume: the checkpoint was written by {} process(es), this run has {}: the batches "
+        "continue where they stopped, the random draws differ from an unbroken run",
+        saved_world, world);
   if (scaler_ && !s.tensors.empty()) scaler_->load_state_dict(s.tensors);
   // The periodic checkpoint of an iteration is written before its evaluation, so the best
   // metric may be newer in model_best.pth.
@@ -174,14 +283,23 @@ void Trainer::evaluate(int64_t iteration, const BatchSource& source) {
   spdlog::info("evaluation at iteration {}:{}", iteration + 1, line);
   for (const auto& [k, v] : results) pending_eval_[k] = v;  // goes out with the next log
   auto it = results.find(options_.best_metric);
-  if (it == results.end()) return;
+  double value = it == results.end() ? std::nan("") : it->second;
+  if (group_) {
+    // Rank 0's figure decides for every rank (model_best.pth and make_state are collective).
+    const bool missing = is_main() && std::isnan(value);
+    const auto v = group_->all_reduce_sum(
+        std::vector<double>{is_main() && !missing ? value : 0.0, missing ? 1.0 : 0.0},
+        "all-reduce of the evaluation result");
+    value = v[1] > 0 ? std::nan("") : v[0];
+  }
+  if (std::isnan(value)) return;
   const std::string best_key = "best_" + options_.best_metric;
-  if (!metrics_.count(best_key) || it->second > metrics_.at(best_key)) {
-    metrics_[best_key] = it->second;
+  if (!metrics_.count(best_key) || value > metrics_.at(best_key)) {
+    metrics_[best_key] = value;
     metrics_["best_iteration"] = static_cast<double>(iteration);
-    checkpointer_->save("model_best", make_state(iteration, &source), /*update_pointer=*/false);
-    spdlog::info("new best {} {:.4f} at iteration {}", options_.best_metric, it->second,
-                 iteration + 1);
+    const TrainingState s = make_state(iteration, &source);
+    if (is_main()) checkpointer_->save("model_best", s, /*update_pointer=*/false);
+    spdlog::info("new best {} {:.4f} at iteration {}", options_.best_metric, value, iteration + 1);
   }
 }
 
@@ -197,14 +315,29 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
       outputs = model_->forward(batch.inputs);
     }
     COMBO_PROFILE_SCOPE("criterion");
-    r.loss_tensors =
-        criterion_->forward(model::criterion_inputs(outputs), batch.targets, batch.layout);
+    r.loss_tensors = criterion_->forward(model::criterion_inputs(outputs), batch.targets,
+                                         batch.layout, points_.get());
   } catch (const std::exception& e) {
     // Say which iteration failed (e.g. NaN inputs stop in the matcher before any loss exists).
     throw Error(str_cat("training failed at iteration ", t, ": ", e.what()));
   }
   COMBO_CHECK(!r.loss_tensors.empty(), "Trainer: the criterion returned no loss at iteration ", t);
   r.finite = all_finite(r.loss_tensors);
+  if (group_) {
+    // The ranks agree on skipping or stopping, so they keep issuing the same collectives.
+    const int sig = SignalGuard::requested();
+    const auto agreed =
+        group_->all_reduce_sum(std::vector<double>{r.finite ? 0.0 : 1.0, sig != 0 ? 1.0 : 0.0},
+                               "all-reduce of the step's status");
+    if (agreed[1] > 0 && stop_signal_ == 0) stop_signal_ = sig != 0 ? sig : SIGTERM;
+    if (agreed[0] > 0 && r.finite) {
+      if (options_.non_finite == "stop")
+        throw Error(str_cat("non-finite loss on another rank at iteration ", t,
+                            " (this rank's losses are finite: ", format_losses(r.loss_tensors),
+                            ")"));
+      r.finite = false;
+    }
+  }
   zero_grad_to_none(params_);
   if (!r.finite) {
     if (options_.non_finite == "stop") check_finite_losses(r.loss_tensors, t);  // throws
@@ -218,12 +351,16 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
   bool overflow = false;
   {
     COMBO_PROFILE_SCOPE("backward");
-    if (scaler_) {
+    if (reducer_) reducer_->prepare();
+    if (scaler_)
       scaler_->scale(total).backward();
-      overflow = scaler_->unscale(params_);
-    } else {
+    else
       total.backward();
+    if (reducer_) {
+      COMBO_PROFILE_SCOPE("gradient all-reduce");
+      reducer_->finish();
     }
+    if (scaler_) overflow = scaler_->unscale(params_);
   }
   {
     COMBO_PROFILE_SCOPE("optimizer");
@@ -242,21 +379,24 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
 TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
   COMBO_CHECK(start_iter >= 0 && start_iter <= options_.max_iter, "Trainer::run: start_iter ",
               start_iter, " outside [0, ", options_.max_iter, "]");
-  check_output_dir(options_.output_dir, options_.min_free_bytes > 0
-                                            ? options_.min_free_bytes
-                                            : 2 * estimate_checkpoint_bytes(*model_));
+  if (is_main())
+    check_output_dir(options_.output_dir, options_.min_free_bytes > 0
+                                              ? options_.min_free_bytes
+                                              : 2 * estimate_checkpoint_bytes(*model_));
+  // Only rank 0 writes the logs (with the losses averaged over the ranks).
   std::vector<std::shared_ptr<EventWriter>> writers;
-  if (options_.jsonl)
+  if (options_.jsonl && is_main())
     writers.push_back(
         std::make_shared<JsonlWriter>((fs::path(options_.output_dir) / "metrics.jsonl").string()));
-  if (options_.tensorboard)
+  if (options_.tensorboard && is_main())
     writers.push_back(std::make_shared<TensorBoardWriter>(options_.output_dir));
-  if (options_.console) writers.push_back(std::make_shared<ConsoleWriter>());
+  if (options_.console && is_main()) writers.push_back(std::make_shared<ConsoleWriter>());
   for (const auto& w : extra_writers_) writers.push_back(w);
 
   std::optional<SignalGuard> guard;
   if (options_.handle_signals) guard.emplace();
   SignalGuard::clear();
+  stop_signal_ = 0;
 
   spdlog::info(
       "training iterations {}..{} on {}{}", start_iter, options_.max_iter - 1, device_.str(),
@@ -293,7 +433,8 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
       result.checkpoint = save_periodic(t, source);
     if (last) {
       last_saved_iteration_ = t;
-      result.checkpoint = checkpointer_->save("model_final", make_state(t, &source));
+      const TrainingState s = make_state(t, &source);
+      if (is_main()) result.checkpoint = checkpointer_->save("model_final", s);
     }
 
     if (evaluate_ && (last || (options_.eval_period > 0 && (t + 1) % options_.eval_period == 0)))
@@ -302,6 +443,20 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
     if (after_step_) after_step_(t, losses);
 
     if ((t + 1) % options_.log_period == 0 || last) {
+      if (group_) {
+        // Sums over the ranks (every rank has the same loss keys: they agree on skipped steps).
+        std::vector<double> v{window.total_sum, static_cast<double>(window.losses_count),
+                              window.time_sum, window.data_sum};
+        for (const auto& [k, x] : window.loss_sums) v.push_back(x);
+        v = group_->all_reduce_sum(v, "all-reduce of the logged losses");
+        const double w = group_->world_size();
+        window.total_sum = v[0];
+        window.losses_count = static_cast<int64_t>(std::llround(v[1]));
+        window.time_sum = v[2] / w;
+        window.data_sum = v[3] / w;
+        size_t i = 4;
+        for (auto& [k, x] : window.loss_sums) x = v[i++];
+      }
       MetricsRecord r;
       r.iteration = t;
       r.max_iter = options_.max_iter;
@@ -322,7 +477,7 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
       window.reset();
     }
 
-    if (const int sig = SignalGuard::requested()) {
+    if (const int sig = group_ ? stop_signal_ : SignalGuard::requested()) {
       SignalGuard::clear();
       if (last_saved_iteration_ != t) result.checkpoint = save_periodic(t, source);
       spdlog::warn("received signal {}: stopped after iteration {}, checkpoint {}", sig, t,
@@ -333,6 +488,8 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
     }
   }
   for (const auto& w : writers) w->flush();
+  // Rank 0 has written its last checkpoint when every rank leaves.
+  if (group_) group_->barrier("barrier at the end of training");
   result.skipped_steps = skipped_;
   return result;
 }

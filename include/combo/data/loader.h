@@ -28,6 +28,10 @@ struct LoaderOptions {
   bool drop_last = false;
   uint64_t seed = 0;
   int64_t rank = 0, world_size = 1;
+  /// Without shuffling or wrapping: rank r takes the r-th contiguous block of the split instead
+  /// of every W-th video, so the ranks' results concatenated in rank order are in dataset order
+  /// (distributed evaluation).
+  bool contiguous_shards = false;
   int64_t start_epoch = 0;  ///< resume position
   int64_t start_batch = 0;  ///< batches of start_epoch already consumed
 };
@@ -37,6 +41,10 @@ struct LoaderOptions {
 /// (padded by wrapping so every rank has the same count when infinite).
 std::vector<int64_t> epoch_order(int64_t size, uint64_t seed, int64_t epoch, bool shuffle,
                                  int64_t rank, int64_t world_size, bool pad);
+
+/// The contiguous block of [0, size) that rank r of world_size evaluates: [r*size/W,
+/// (r+1)*size/W) (the first size % W ranks get one more).
+std::vector<int64_t> contiguous_shard(int64_t size, int64_t rank, int64_t world_size);
 
 /// The augmentation seed of one video in one epoch.
 uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t index);

@@ -174,6 +174,13 @@ struct RuntimeConfig {
   int64_t seed = 0;            ///< < 0: drawn at random and logged
   int64_t threads = 0;         ///< intra-op threads; 0 = all cores
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
+  /// Data-parallel runs (several processes, launched by torchrun or Slurm): the c10d backend
+  /// (auto = NCCL on CUDA, Gloo on the CPU), the rendezvous and collective timeout in seconds
+  /// (a dead or missing peer ends every process with an error after at most this long), and
+  /// the gradient bucket size in MB.
+  std::string dist_backend = "auto";
+  double dist_timeout = 1800;
+  double dist_bucket_mb = 25;
 };
 
 struct Config {

@@ -48,4 +48,11 @@ int64_t run_evaluation(model::ComboModelImpl& model, data::DataLoader& loader,
                        metrics::Evaluator& evaluator, loss::DatasetKind kind,
                        const EvaluationOptions& options = {});
 
+class ProcessGroup;
+
+/// Distributed evaluation: every rank's evaluator state is gathered and merged, in rank order,
+/// into every rank's `evaluator` (which then holds the whole split: with contiguous shards, in
+/// dataset order, so the avsbench protocol's batches are the single-process ones).
+void merge_across_ranks(metrics::Evaluator& evaluator, ProcessGroup& group);
+
 }  // namespace combo::engine

@@ -33,6 +33,7 @@
 
 #include "combo/engine/amp.h"
 #include "combo/engine/checkpointer.h"
+#include "combo/engine/distributed.h"
 #include "combo/engine/lr_schedule.h"
 #include "combo/engine/optimizer.h"
 #include "combo/engine/writers.h"
@@ -83,6 +84,8 @@ struct TrainerOptions {
   bool handle_signals = true;  ///< install a SignalGuard during run()
   /// Free space required before training (0 = twice the estimated checkpoint size).
   uint64_t min_free_bytes = 0;
+  /// Data parallelism (set_distributed): gradient bucket size (runtime.dist_bucket_mb).
+  int64_t dist_bucket_bytes = 25 << 20;
 };
 
 /// Trainer options from the config: output_dir, solver.* (optimizer, schedule, clipping,
@@ -149,6 +152,20 @@ class Trainer {
   /// ("forward", "criterion", "backward", "optimizer"). Used by run() and by combo-bench.
   StepResult step(const TrainBatch& batch, int64_t t);
 
+  /// Data-parallel training over `group` (call before resume_or_load and run, on every rank):
+  /// copies rank 0's parameters and buffers to every rank, averages the gradients over the
+  /// ranks (GradientReducer) and divides the criterion's mask count by the ranks' total, so a
+  /// step equals one process's step on the union of the ranks' batches (up to float rounding;
+  /// exactly so when each rank's cross-entropy weights sum alike, see docs). Only rank 0 writes
+  /// checkpoints and logs; losses are averaged over the ranks before they are written; the ranks
+  /// agree on a non-finite loss and on a stop signal every step; checkpoints hold every rank's
+  /// generator state so --resume with the same number of processes is exact.
+  void set_distributed(std::shared_ptr<ProcessGroup> group);
+  /// Point sets of the criterion (tests; default: random on the default generator).
+  void set_point_source(std::shared_ptr<loss::PointSource> points) { points_ = std::move(points); }
+  /// Rank 0, or the only process.
+  bool is_main() const { return !group_ || group_->rank() == 0; }
+
   void set_evaluator(EvalFunction evaluate) { evaluate_ = std::move(evaluate); }
   void set_after_step(StepHook hook) { after_step_ = std::move(hook); }
   /// Extra writers (besides the ones the options turn on).
@@ -190,6 +207,10 @@ class Trainer {
   int64_t skipped_ = 0;
   int64_t last_saved_iteration_ = -1;
   std::pair<int64_t, int64_t> loader_position_{0, 0};
+  std::shared_ptr<ProcessGroup> group_;
+  std::unique_ptr<GradientReducer> reducer_;
+  std::shared_ptr<loss::PointSource> points_;
+  int stop_signal_ = 0;  ///< a signal some rank received (agreed in step())
 };
 
 /// Moves a batch to `device` (no copy for tensors already there).

@@ -1,0 +1,97 @@
+// combo-train as torchrun starts it: two processes on loopback (Gloo) train a tiny model with
+// validation and checkpoints, then one process resumes their run.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "combo/core/state_dict.h"
+#include "testing/data_tree.h"
+#include "testing/testing.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {
+  combo::testing::TempDir dir;
+  const fs::path data = dir.path() / "data", out = dir.path() / "run",
+                 cfg = dir.path() / "tiny.yaml";
+  combo::testing::TreeSpec spec;
+  spec.train = 4;
+  spec.val = 3;  // 2 + 1 videos on the two ranks
+  spec.test = 1;
+  combo::testing::write_s4_tree(data, spec);
+  std::ofstream(cfg)
+      << "_base_: " << (combo::testing::source_dir() / "configs/_base_/avs_s4.yaml").string()
+      << "\nmodel:\n  backbone:\n    name: pvt_v2_b0\n"
+      << "  decoder:\n    num_queries: 4\n    dec_layers: 2\n    dim_feedforward: 32\n"
+      << "  pixel_decoder:\n    enc_layers: 1\n    dim_feedforward: 32\n"
+      << "loss:\n  train_num_points: 256\n"
+      << "data:\n  root: " << data.string() << "\n  num_workers: 1\n"
+      << "  augment:\n    short_sides: [32, 40]\n    crop_size: 32\n    pad_size: 32\n"
+      << "solver:\n  max_iter: 4\n  ims_per_batch: 2\n  checkpoint_period: 2\n"
+      << "  base_lr: 0.0001\n"
+      << "test:\n  eval_period: 2\n"
+      << "runtime:\n  dist_timeout: 120\n"
+      << "output_dir: " << out.string() << "\n";
+
+  const std::string train = combo::testing::tool_path("combo-train") + " --config " + cfg.string();
+  const std::string env = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
+                          " WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 OMP_WAIT_POLICY=PASSIVE ";
+  const fs::path log1 = dir.path() / "rank1.txt";
+  auto r = combo::testing::run_shell("(" + env + "RANK=1 LOCAL_RANK=1 " + train + " > " +
+                                     log1.string() + " 2>&1; echo \"rank 1 exit $?\" >> " +
+                                     log1.string() + ") & " + env + "RANK=0 LOCAL_RANK=0 " + train +
+                                     " 2>&1; status=$?; wait; exit $status");
+  const std::string rank1 = read_text(log1);
+  ASSERT_EQ(r.status, 0) << r.output << "\nrank 1:\n" << rank1;
+  EXPECT_NE(rank1.find("rank 1 exit 0"), std::string::npos) << rank1;
+
+  // Rank 0 logged the run as one: 2 ranks, validation over the 3 videos of both shards.
+  const std::string log0 = read_text(out / "log.txt");
+  EXPECT_NE(log0.find("rank 0 of 2"), std::string::npos) << log0;
+  EXPECT_NE(log0.find("validation at iteration 2 (3 videos"), std::string::npos) << log0;
+  // Rank 1 printed warnings only, into its own log file.
+  EXPECT_EQ(rank1.find("validation at iteration"), std::string::npos) << rank1;
+  EXPECT_TRUE(fs::exists(out / "log.txt.rank1"));
+  for (const char* f : {"model_0000001.pth", "model_0000003.pth", "model_final.pth",
+                        "metrics.jsonl", "last_checkpoint", "config.yaml"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  const auto ckpt = combo::load_state_dict((out / "model_final.pth").string());
+  EXPECT_EQ(ckpt.at("metrics.world_size").item<double>(), 2.0);
+  EXPECT_TRUE(ckpt.count("state.rng_rank1.cpu"));
+  const std::string jsonl = read_text(out / "metrics.jsonl");
+  EXPECT_NE(jsonl.find("total_loss"), std::string::npos) << jsonl;
+
+  // One process continues the two-process run (the same global batches of 2 videos).
+  r = combo::testing::run_shell(train + " --no-eval --resume solver.max_iter=6 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("continuing at iteration 4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("written by 2 process(es), this run has 1"), std::string::npos)
+      << r.output;
+  EXPECT_TRUE(fs::exists(out / "model_0000005.pth"));
+}
