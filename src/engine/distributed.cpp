@@ -23,6 +23,7 @@
 #endif
 
 #if defined(COMBO_WITH_C10D)
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
@@ -104,6 +105,11 @@ DistEnv dist_env_from_environment(const std::function<const char*(const char*)>&
     env.local_world_size = get("LOCAL_WORLD_SIZE")
                                ? parse_int_var("LOCAL_WORLD_SIZE", get("LOCAL_WORLD_SIZE"), 1)
                                : env.world_size;
+    const char* agent_store = get("TORCHELASTIC_USE_AGENT_STORE");
+    env.use_agent_store = agent_store != nullptr && std::string(agent_store) == "True";
+    if (env.use_agent_store && get("TORCHELASTIC_RESTART_COUNT"))
+      env.restart_count =
+          parse_int_var("TORCHELASTIC_RESTART_COUNT", get("TORCHELASTIC_RESTART_COUNT"), 0);
   } else if (get("SLURM_PROCID") && get("SLURM_NTASKS")) {
     env.launcher = "slurm";
     env.rank = parse_int_var("SLURM_PROCID", get("SLURM_PROCID"), 0);
@@ -218,11 +224,14 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const DistEnv& env, const at:
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);
-    so.isServer = env.rank == 0;
+    so.isServer = env.rank == 0 && !env.use_agent_store;
     so.numWorkers = static_cast<size_t>(env.world_size);
     so.waitWorkers = true;
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    if (env.use_agent_store)
+      impl->store = c10::make_intrusive<c10d::PrefixStore>(
+          "/worker/attempt_" + std::to_string(env.restart_count), impl->store);
   } catch (const std::exception& e) {
     throw Error(str_cat("distributed rendezvous failed on rank ", env.rank, " of ", env.world_size,
                         " at ", env.master_addr, ":", env.master_port, " within ",

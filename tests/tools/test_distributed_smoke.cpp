@@ -36,10 +36,8 @@ int free_port() {
 
 }  // namespace
 
-TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {
-  combo::testing::TempDir dir;
-  const fs::path data = dir.path() / "data", out = dir.path() / "run",
-                 cfg = dir.path() / "tiny.yaml";
+// A tiny COMBO on a 32 px S4 tree of 4 training and 3 validation videos.
+void write_tiny_run(const fs::path& data, const fs::path& out, const fs::path& cfg) {
   combo::testing::TreeSpec spec;
   spec.train = 4;
   spec.val = 3;  // 2 + 1 videos on the two ranks
@@ -58,7 +56,13 @@ TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {
       << "test:\n  eval_period: 2\n"
       << "runtime:\n  dist_timeout: 120\n"
       << "output_dir: " << out.string() << "\n";
+}
 
+TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {
+  combo::testing::TempDir dir;
+  const fs::path data = dir.path() / "data", out = dir.path() / "run",
+                 cfg = dir.path() / "tiny.yaml";
+  write_tiny_run(data, out, cfg);
   const std::string train = combo::testing::tool_path("combo-train") + " --config " + cfg.string();
   const std::string env = "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
                           " WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 OMP_WAIT_POLICY=PASSIVE ";
@@ -94,4 +98,33 @@ TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {
   EXPECT_NE(r.output.find("written by 2 process(es), this run has 1"), std::string::npos)
       << r.output;
   EXPECT_TRUE(fs::exists(out / "model_0000005.pth"));
+}
+
+// PyTorch's own launcher: `python3 -m torch.distributed.run --no_python combo-train ...`
+// (torchrun hosts the rendezvous store itself).
+TEST(DistributedSmoke, TorchrunStartsTwoRanks) {
+  const auto probe = combo::testing::run_shell("/usr/bin/python3 -c 'import torch' 2>&1");
+  if (probe.status != 0) {
+    std::cout << "[ SKIP REASON ] /usr/bin/python3 has no torch (python3-torch): " << probe.output
+              << std::endl;
+    GTEST_SKIP() << "no python3-torch for torchrun";
+  }
+  combo::testing::TempDir dir;
+  const fs::path data = dir.path() / "data", out = dir.path() / "run",
+                 cfg = dir.path() / "tiny.yaml";
+  write_tiny_run(data, out, cfg);
+  // --redirects/--tee 1: torch 1.13's elastic launcher fails on Python 3.11 with the default 0.
+  const auto r = combo::testing::run_shell(
+      "OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 -m torch.distributed.run --nproc_per_node 2 "
+      "--master_port " +
+      std::to_string(free_port()) + " --redirects 1 --tee 1 --log_dir " +
+      (dir.path() / "torchrun_logs").string() + " --no_python " +
+      combo::testing::tool_path("combo-train") + " --config " + cfg.string() +
+      " --no-eval solver.max_iter=2 solver.checkpoint_period=0 2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string log0 = read_text(out / "log.txt");
+  EXPECT_NE(log0.find("rank 0 of 2 (local rank 0 of 2"), std::string::npos) << log0;
+  EXPECT_NE(log0.find("launcher torchrun"), std::string::npos) << log0;
+  EXPECT_TRUE(fs::exists(out / "model_final.pth"));
+  EXPECT_TRUE(fs::exists(out / "log.txt.rank1"));
 }

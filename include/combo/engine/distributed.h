@@ -23,6 +23,10 @@ struct DistEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string launcher = "none";  ///< none | torchrun | slurm
+  /// torchrun hosts the store itself (TORCHELASTIC_USE_AGENT_STORE=True): every rank connects
+  /// as a client, under the prefix /worker/attempt_<TORCHELASTIC_RESTART_COUNT>, as PyTorch does.
+  bool use_agent_store = false;
+  int restart_count = 0;
   bool distributed() const { return world_size > 1; }
   std::string to_string() const;
 };

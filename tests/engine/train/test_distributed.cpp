@@ -153,6 +153,17 @@ TEST(DistEnvTest, TorchrunVariables) {
   EXPECT_TRUE(env.distributed());
 }
 
+TEST(DistEnvTest, TorchrunAgentStore) {
+  auto env = dist_env_from_environment(env_of({{"WORLD_SIZE", "2"},
+                                               {"RANK", "0"},
+                                               {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                               {"TORCHELASTIC_RESTART_COUNT", "3"}}));
+  EXPECT_TRUE(env.use_agent_store);
+  EXPECT_EQ(env.restart_count, 3);
+  env = dist_env_from_environment(env_of({{"WORLD_SIZE", "2"}, {"RANK", "0"}}));
+  EXPECT_FALSE(env.use_agent_store);
+}
+
 TEST(DistEnvTest, SlurmVariablesAndTheFirstNode) {
   const auto env = dist_env_from_environment(env_of({{"SLURM_PROCID", "3"},
                                                      {"SLURM_NTASKS", "4"},
