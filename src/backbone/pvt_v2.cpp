@@ -1,5 +1,6 @@
 #include "combo/backbone/pvt_v2.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -89,6 +90,178 @@ at::Tensor add_drop_path(const at::Tensor& residual, at::Tensor branch, double p
   // Without autograd the branch is a dead temporary: add in place and skip an allocation.
   if (!grad_recording()) return branch.add_(residual);
   return at::add(residual, branch);
+}
+
+namespace {
+
+// GELU(depth-wise conv(hidden)) as tokens [B, h*w, C]; the same calls as DWConv + at::gelu.
+at::Tensor dwconv_gelu(const at::Tensor& hidden, int64_t h, int64_t w, const at::Tensor& dw_weight,
+                       const at::Tensor& dw_bias) {
+  const at::Tensor conv =
+      at::conv2d(tokens_as_image(hidden, h, w), dw_weight, dw_bias, 1, 1, 1, hidden.size(2));
+  return at::gelu(image_as_tokens(conv));
+}
+
+// fc2(GELU(dwconv(hidden))) that saves only `hidden` (and the weights) for backward and runs
+// the convolution and the GELU again there. Each gradient is the call autograd makes for the
+// unfused ops (addmm's mm_mat1/mm_mat2 backward, sum_to for the broadcast bias, gelu_backward,
+// convolution_backward), on the same values, so the results are bit-identical.
+class DwconvGeluLinearFunction : public torch::autograd::Function<DwconvGeluLinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
+                            const at::Tensor& dw_weight, const at::Tensor& dw_bias,
+                            const at::Tensor& fc_weight, const at::Tensor& fc_bias, int64_t h,
+                            int64_t w) {
+    const at::Tensor g = dwconv_gelu(hidden, h, w, dw_weight, dw_bias);
+    const int64_t c = hidden.size(2);
+    ctx->save_for_backward({hidden, dw_weight, dw_bias, fc_weight, fc_bias});
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["w"] = w;
+    return at::addmm(fc_bias, g.view({-1, c}), fc_weight.t())
+        .view({hidden.size(0), hidden.size(1), fc_weight.size(0)});
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& hidden = saved[0];
+    const at::Tensor& dw_weight = saved[1];
+    const at::Tensor& dw_bias = saved[2];
+    const at::Tensor& fc_weight = saved[3];
+    const at::Tensor& fc_bias = saved[4];
+    const int64_t h = ctx->saved_data["h"].toInt();
+    const int64_t w = ctx->saved_data["w"].toInt();
+    const int64_t c = hidden.size(2);
+
+    at::Tensor conv;
+    at::Tensor g;
+    {
+      at::NoGradGuard no_grad;
+      conv = image_as_tokens(
+          at::conv2d(tokens_as_image(hidden, h, w), dw_weight, dw_bias, 1, 1, 1, c));
+      g = at::gelu(conv);
+    }
+    // addmm(bias, g2, W^T): W^T is column-major, so autograd computes its gradient as
+    // (grad^T g2)^T, and the gradient of g2 as grad W.
+    const at::Tensor grad = grad_outputs[0].reshape({-1, fc_weight.size(0)});
+    const at::Tensor g2 = g.view({-1, c});
+    const at::Tensor grad_fc_weight = grad.t().mm(g2);
+    const at::Tensor grad_fc_bias = at::sum_to(grad, fc_bias.sizes());
+    const at::Tensor grad_g = grad.mm(fc_weight).reshape(g.sizes());
+    const at::Tensor grad_conv = at::gelu_backward(grad_g, conv);
+    auto [grad_image, grad_dw_weight, grad_dw_bias] = at::convolution_backward(
+        tokens_as_image(grad_conv, h, w), tokens_as_image(hidden, h, w), dw_weight,
+        at::OptionalIntArrayRef(dw_bias.sizes()), {1, 1}, {1, 1}, {1, 1}, /*transposed=*/false,
+        {0, 0}, c, {true, true, true});
+    const at::Tensor grad_hidden = grad_image.permute({0, 2, 3, 1}).reshape(hidden.sizes());
+    return {grad_hidden,  grad_dw_weight, grad_dw_bias, grad_fc_weight,
+            grad_fc_bias, at::Tensor(),   at::Tensor()};
+  }
+};
+
+// fc(LayerNorm(x)) that saves x and the LayerNorm statistics, not the normalised tensor, and
+// normalises again in backward. The gradients are the calls autograd makes for the unfused ops
+// (addmm's backward as above, native_layer_norm_backward), on the same values.
+class LayerNormLinearFunction : public torch::autograd::Function<LayerNormLinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps,
+                            const at::Tensor& fc_weight, const at::Tensor& fc_bias) {
+    const int64_t c = x.size(2);
+    auto [normed, mean, rstd] = at::native_layer_norm(x, {c}, ln_weight, ln_bias, eps);
+    ctx->save_for_backward({x, mean, rstd, ln_weight, ln_bias, fc_weight, fc_bias});
+    ctx->saved_data["eps"] = eps;
+    return at::addmm(fc_bias, normed.view({-1, c}), fc_weight.t())
+        .view({x.size(0), x.size(1), fc_weight.size(0)});
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& mean = saved[1];
+    const at::Tensor& rstd = saved[2];
+    const at::Tensor& ln_weight = saved[3];
+    const at::Tensor& ln_bias = saved[4];
+    const at::Tensor& fc_weight = saved[5];
+    const at::Tensor& fc_bias = saved[6];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const int64_t c = x.size(2);
+    at::Tensor normed;
+    {
+      at::NoGradGuard no_grad;
+      normed = std::get<0>(at::native_layer_norm(x, {c}, ln_weight, ln_bias, eps));
+    }
+    const at::Tensor grad = grad_outputs[0].reshape({-1, fc_weight.size(0)});
+    const at::Tensor grad_fc_weight = grad.t().mm(normed.view({-1, c}));
+    const at::Tensor grad_fc_bias = at::sum_to(grad, fc_bias.sizes());
+    const at::Tensor grad_normed = grad.mm(fc_weight).reshape(x.sizes());
+    auto [grad_x, grad_ln_weight, grad_ln_bias] = at::native_layer_norm_backward(
+        grad_normed, x, {c}, mean, rstd, ln_weight, ln_bias, {true, true, true});
+    return {grad_x, grad_ln_weight, grad_ln_bias, at::Tensor(), grad_fc_weight, grad_fc_bias};
+  }
+};
+
+// Whether the recomputing autograd functions may replace the unfused ops: autograd records,
+// and no autocast (its lower-precision ops would not be reproduced in the backward pass).
+bool recompute_in_backward(std::initializer_list<at::Tensor> inputs) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  const bool autocast =
+      at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::is_autocast_enabled(at::kCPU);
+#else
+  const bool autocast = at::autocast::is_enabled() || at::autocast::is_cpu_enabled();
+#endif
+  if (!grad_recording() || autocast) return false;
+  for (const auto& t : inputs)
+    if (t.requires_grad()) return true;
+  return false;
+}
+
+}  // namespace
+
+at::Tensor layer_norm_linear(const at::Tensor& x, const at::Tensor& ln_weight,
+                             const at::Tensor& ln_bias, double eps, const at::Tensor& fc_weight,
+                             const at::Tensor& fc_bias) {
+  COMBO_CHECK(x.dim() == 3 && ln_weight.defined() && ln_bias.defined() && fc_weight.defined() &&
+                  fc_bias.defined() && fc_weight.dim() == 2 && fc_weight.size(1) == x.size(2),
+              "layer_norm_linear: expected x [B, L, C] and defined weights and biases, got x ",
+              x.sizes());
+  if (x.is_contiguous() && recompute_in_backward({x, ln_weight, ln_bias, fc_weight, fc_bias})) {
+    return LayerNormLinearFunction::apply(x, ln_weight, ln_bias, eps, fc_weight, fc_bias);
+  }
+  const at::Tensor normed = at::layer_norm(x, {x.size(2)}, ln_weight, ln_bias, eps);
+  if (normed.is_contiguous()) {
+    return at::addmm(fc_bias, normed.view({-1, normed.size(2)}), fc_weight.t())
+        .view({x.size(0), x.size(1), fc_weight.size(0)});
+  }
+  return at::linear(normed, fc_weight, fc_bias);
+}
+
+at::Tensor dwconv_gelu_linear(const at::Tensor& hidden, int64_t h, int64_t w,
+                              const at::Tensor& dw_weight, const at::Tensor& dw_bias,
+                              const at::Tensor& fc_weight, const at::Tensor& fc_bias) {
+  COMBO_CHECK(hidden.dim() == 3 && hidden.size(1) == h * w && dw_weight.defined() &&
+                  dw_bias.defined() && fc_weight.defined() && fc_bias.defined() &&
+                  fc_weight.dim() == 2 && fc_weight.size(1) == hidden.size(2),
+              "dwconv_gelu_linear: expected hidden [B, ", h * w,
+              ", C] and defined weights and biases, got hidden ", hidden.sizes());
+  if (hidden.is_contiguous() &&
+      recompute_in_backward({hidden, dw_weight, dw_bias, fc_weight, fc_bias})) {
+    return DwconvGeluLinearFunction::apply(hidden, dw_weight, dw_bias, fc_weight, fc_bias, h, w);
+  }
+  at::Tensor y = image_as_tokens(
+      at::conv2d(tokens_as_image(hidden, h, w), dw_weight, dw_bias, 1, 1, 1, hidden.size(2)));
+  // GELU's backward needs its input, so only go in place when nothing records gradients.
+  if (grad_recording()) {
+    y = at::gelu(y);
+  } else {
+    at::gelu_(y);
+  }
+  if (y.is_contiguous()) {
+    return at::addmm(fc_bias, y.view({-1, y.size(2)}), fc_weight.t())
+        .view({y.size(0), y.size(1), fc_weight.size(0)});
+  }
+  return at::linear(y, fc_weight, fc_bias);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -243,7 +416,15 @@ void PvtMlpImpl::reset() {
 }
 
 at::Tensor PvtMlpImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
-  at::Tensor y = dwconv->forward(linear_tokens(fc1, x), h, w);
+  return forward_hidden(linear_tokens(fc1, x), h, w);
+}
+
+at::Tensor PvtMlpImpl::forward_hidden(const at::Tensor& hidden, int64_t h, int64_t w) {
+  const auto& conv = dwconv->dwconv;
+  if (conv->bias.defined() && fc2->bias.defined()) {
+    return dwconv_gelu_linear(hidden, h, w, conv->weight, conv->bias, fc2->weight, fc2->bias);
+  }
+  at::Tensor y = dwconv->forward(hidden, h, w);
   // GELU's backward needs its input, so only go in place when nothing records gradients.
   if (grad_recording()) {
     y = at::gelu(y);
@@ -271,7 +452,17 @@ void PvtBlockImpl::reset() {
 at::Tensor PvtBlockImpl::forward(const at::Tensor& x, int64_t h, int64_t w) {
   const double p = options.drop_path();
   at::Tensor y = add_drop_path(x, attn->forward(norm1->forward(x), h, w), p, is_training());
-  return add_drop_path(y, mlp->forward(norm2->forward(y), h, w), p, is_training());
+  at::Tensor branch;
+  if (norm2->weight.defined() && norm2->bias.defined() && mlp->fc1->bias.defined()) {
+    // norm2 and fc1 in one step that does not keep the normalised tokens for backward.
+    branch =
+        mlp->forward_hidden(layer_norm_linear(y, norm2->weight, norm2->bias, norm2->options.eps(),
+                                              mlp->fc1->weight, mlp->fc1->bias),
+                            h, w);
+  } else {
+    branch = mlp->forward(norm2->forward(y), h, w);
+  }
+  return add_drop_path(y, branch, p, is_training());
 }
 
 // ---------------------------------------------------------------------------------------------

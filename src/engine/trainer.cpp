@@ -305,6 +305,9 @@ void Trainer::evaluate(int64_t iteration, const BatchSource& source) {
 
 StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
   StepResult r;
+  // Before the forward pass, so the last step's gradients (0.76 GB for PVT-v2-b5) are not kept
+  // through it: they would add to the activations at the peak.
+  zero_grad_to_none(params_);
   model_->train();
   try {
     model::ComboOutputs outputs;
@@ -338,7 +341,6 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
       r.finite = false;
     }
   }
-  zero_grad_to_none(params_);
   if (!r.finite) {
     if (options_.non_finite == "stop") check_finite_losses(r.loss_tensors, t);  // throws
     ++skipped_;

@@ -228,16 +228,36 @@ ComboPrediction ComboModelImpl::postprocess(const ComboOutputs& outputs) const {
   COMBO_PROFILE_SCOPE("postprocess");
   const auto& d = outputs.decoder;
   const int64_t c = options.num_classes();
-  auto masks = torch::nn::functional::interpolate(
-      d.pred_masks, torch::nn::functional::InterpolateFuncOptions()
-                        .size(std::vector<int64_t>{outputs.padded_height, outputs.padded_width})
-                        .mode(torch::kBilinear)
-                        .align_corners(false));
+  const int64_t hp = outputs.padded_height, wp = outputs.padded_width;
   auto probs = torch::softmax(d.pred_logits, -1).narrow(-1, 0, c);  // [N, Q, C]
-  const int64_t n = masks.size(0), q = masks.size(1);
-  auto scores = torch::bmm(probs.transpose(1, 2), torch::sigmoid(masks).view({n, q, -1}))
-                    .view({n, c, outputs.padded_height, outputs.padded_width});
-  scores = scores.narrow(2, 0, outputs.input_height).narrow(3, 0, outputs.input_width);
+  const int64_t n = d.pred_masks.size(0), q = d.pred_masks.size(1);
+  at::Tensor scores;  // [N, C, Hp * Wp]
+  if (at::GradMode::is_enabled() && (d.pred_masks.requires_grad() || probs.requires_grad())) {
+    // Differentiable: the whole batch at once with out-of-place ops.
+    auto masks = torch::nn::functional::interpolate(d.pred_masks,
+                                                    torch::nn::functional::InterpolateFuncOptions()
+                                                        .size(std::vector<int64_t>{hp, wp})
+                                                        .mode(torch::kBilinear)
+                                                        .align_corners(false));
+    scores = torch::bmm(probs.transpose(1, 2), torch::sigmoid(masks).view({n, q, -1}));
+  } else {
+    // One frame at a time through one reused [1, Q, Hp, Wp] buffer, the sigmoid in place: the
+    // same per-element kernels and per-frame products as above (bit-identical scores), without
+    // two fresh [N, Q, Hp, Wp] tensors. Those are large enough for the allocator to map and
+    // unmap them on every call, and the page faults cost more than the arithmetic here.
+    scores = at::empty({n, c, hp * wp}, d.pred_masks.options());
+    auto masks = at::empty({1, q, hp, wp}, d.pred_masks.options());
+    for (int64_t i = 0; i < n; ++i) {
+      at::upsample_bilinear2d_out(masks, d.pred_masks.narrow(0, i, 1), {hp, wp},
+                                  /*align_corners=*/false);
+      masks.sigmoid_();
+      at::Tensor frame_scores = scores.narrow(0, i, 1);
+      at::bmm_out(frame_scores, probs.narrow(0, i, 1).transpose(1, 2), masks.view({1, q, hp * wp}));
+    }
+  }
+  scores = scores.view({n, c, hp, wp})
+               .narrow(2, 0, outputs.input_height)
+               .narrow(3, 0, outputs.input_width);
   ComboPrediction p;
   p.scores = scores.contiguous();
   if (c == 2) {

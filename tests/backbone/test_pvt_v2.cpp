@@ -187,6 +187,91 @@ TEST_F(PvtV2Test, InferenceModeMatchesGradMode) {
   for (const auto& [name, t] : with_grad) EXPECT_TENSOR_NEAR_ABS(t, inference.at(name), 1e-6);
 }
 
+TEST_F(PvtV2Test, FusedMlpTailIsBitIdenticalToTheUnfusedOps) {
+  // dwconv_gelu_linear keeps only its input for backward and recomputes the convolution and
+  // the GELU; outputs and every gradient must equal autograd's through the separate ops.
+  const int64_t b = 2, h = 7, w = 5, c = 24, out = 10;
+  const at::Tensor hidden = torch::randn({b, h * w, c});
+  const at::Tensor dw_weight = torch::randn({c, 1, 3, 3}) * 0.3;
+  const at::Tensor dw_bias = torch::randn({c}) * 0.1;
+  const at::Tensor fc_weight = torch::randn({out, c}) * 0.2;
+  const at::Tensor fc_bias = torch::randn({out}) * 0.1;
+  const at::Tensor grad_out = torch::randn({b, h * w, out});
+  auto leaves = [&] {
+    return std::vector<at::Tensor>{
+        hidden.clone().requires_grad_(true), dw_weight.clone().requires_grad_(true),
+        dw_bias.clone().requires_grad_(true), fc_weight.clone().requires_grad_(true),
+        fc_bias.clone().requires_grad_(true)};
+  };
+  // The unfused ops, as PvtMlp ran them: channels-last view, conv, GELU, addmm on tokens.
+  auto ref = leaves();
+  const at::Tensor image = ref[0].reshape({b, h, w, c}).permute({0, 3, 1, 2});
+  const at::Tensor conv = at::conv2d(image, ref[1], ref[2], 1, 1, 1, c).flatten(2).transpose(1, 2);
+  const at::Tensor ref_out =
+      at::addmm(ref[4], at::gelu(conv).view({-1, c}), ref[3].t()).view({b, h * w, out});
+  ref_out.backward(grad_out);
+
+  auto fused = leaves();
+  const at::Tensor fused_out =
+      combo::backbone::dwconv_gelu_linear(fused[0], h, w, fused[1], fused[2], fused[3], fused[4]);
+  ASSERT_NE(fused_out.grad_fn(), nullptr);
+  EXPECT_NE(fused_out.grad_fn()->name().find("DwconvGeluLinear"), std::string::npos)
+      << fused_out.grad_fn()->name();
+  fused_out.backward(grad_out);
+  EXPECT_TRUE(torch::equal(fused_out, ref_out));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(fused[i].grad().defined()) << "input " << i;
+    EXPECT_TRUE(torch::equal(fused[i].grad(), ref[i].grad())) << "gradient of input " << i;
+  }
+  // Without autograd the same numbers come from the in-place path.
+  c10::InferenceMode guard;
+  EXPECT_TRUE(torch::equal(
+      combo::backbone::dwconv_gelu_linear(hidden, h, w, dw_weight, dw_bias, fc_weight, fc_bias),
+      ref_out.detach()));
+}
+
+TEST_F(PvtV2Test, FusedLayerNormLinearIsBitIdenticalToTheUnfusedOps) {
+  // layer_norm_linear normalises again in backward instead of keeping the normalised tokens;
+  // outputs and every gradient must equal autograd's through LayerNorm + Linear.
+  const int64_t b = 2, l = 35, c = 24, out = 40;
+  const double eps = 1e-6;
+  const at::Tensor x = torch::randn({b, l, c}) * 3 + 1;
+  const at::Tensor ln_weight = torch::randn({c});
+  const at::Tensor ln_bias = torch::randn({c});
+  const at::Tensor fc_weight = torch::randn({out, c}) * 0.2;
+  const at::Tensor fc_bias = torch::randn({out}) * 0.1;
+  const at::Tensor grad_out = torch::randn({b, l, out});
+  auto leaves = [&] {
+    return std::vector<at::Tensor>{
+        x.clone().requires_grad_(true), ln_weight.clone().requires_grad_(true),
+        ln_bias.clone().requires_grad_(true), fc_weight.clone().requires_grad_(true),
+        fc_bias.clone().requires_grad_(true)};
+  };
+  auto ref = leaves();
+  const at::Tensor normed = torch::nn::functional::layer_norm(
+      ref[0],
+      torch::nn::functional::LayerNormFuncOptions({c}).weight(ref[1]).bias(ref[2]).eps(eps));
+  const at::Tensor ref_out = at::addmm(ref[4], normed.view({-1, c}), ref[3].t()).view({b, l, out});
+  ref_out.backward(grad_out);
+
+  auto fused = leaves();
+  const at::Tensor fused_out =
+      combo::backbone::layer_norm_linear(fused[0], fused[1], fused[2], eps, fused[3], fused[4]);
+  ASSERT_NE(fused_out.grad_fn(), nullptr);
+  EXPECT_NE(fused_out.grad_fn()->name().find("LayerNormLinear"), std::string::npos)
+      << fused_out.grad_fn()->name();
+  fused_out.backward(grad_out);
+  EXPECT_TRUE(torch::equal(fused_out, ref_out));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(fused[i].grad().defined()) << "input " << i;
+    EXPECT_TRUE(torch::equal(fused[i].grad(), ref[i].grad())) << "gradient of input " << i;
+  }
+  c10::InferenceMode guard;
+  EXPECT_TRUE(torch::equal(
+      combo::backbone::layer_norm_linear(x, ln_weight, ln_bias, eps, fc_weight, fc_bias),
+      ref_out.detach()));
+}
+
 TEST_F(PvtV2Test, GradientsReachEveryParameter) {
   PvtV2 model(PvtV2Options::variant("b0").drop_path_rate(0.0));
   model->train();

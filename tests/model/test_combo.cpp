@@ -13,6 +13,7 @@ using combo::model::AudioQueryLayout;
 using combo::model::ComboInputs;
 using combo::model::ComboModel;
 using combo::model::ComboModelOptions;
+using combo::model::ComboPrediction;
 using combo::model::FusionPlacement;
 using combo::model::FusionType;
 
@@ -114,6 +115,49 @@ TEST_F(ComboModelTest, ForwardShapesAndPrediction) {
   EXPECT_TRUE(torch::equal(p.masks, p.probs > 0.5));
   // Scores are sums of class probabilities times mask probabilities: within [0, Q].
   EXPECT_GE(p.scores.min().item<float>(), 0.0f);
+}
+
+TEST_F(ComboModelTest, PostprocessMatchesTheBatchedSemanticInferenceBitwise) {
+  // postprocess works one frame at a time without autograd; it must give exactly the numbers
+  // of the batched computation (upsample, sigmoid, bmm over the whole batch, then crop), with
+  // and without padding, for binary and semantic models, and with autograd recording.
+  for (const int64_t classes : {2, 71}) {
+    for (const int64_t size : {64, 50}) {
+      ComboModel model(tiny().num_classes(classes));
+      model->eval();
+      const auto in = random_inputs(1, 3, size);
+      const auto out = model->forward(in);
+      const auto& d = out.decoder;
+      at::Tensor ref;
+      {
+        torch::NoGradGuard no_grad;
+        const auto up = at::upsample_bilinear2d(d.pred_masks, {out.padded_height, out.padded_width},
+                                                /*align_corners=*/false);
+        const auto probs = torch::softmax(d.pred_logits, -1).narrow(-1, 0, classes);
+        ref = torch::bmm(probs.transpose(1, 2), up.sigmoid().flatten(2))
+                  .view({up.size(0), classes, out.padded_height, out.padded_width})
+                  .narrow(2, 0, out.input_height)
+                  .narrow(3, 0, out.input_width)
+                  .contiguous();
+      }
+      ComboPrediction fast;
+      {
+        c10::InferenceMode guard;
+        fast = model->postprocess(out);
+      }
+      const ComboPrediction differentiable = model->postprocess(out);
+      ASSERT_TRUE(differentiable.scores.requires_grad());
+      for (const ComboPrediction* p :
+           std::initializer_list<const ComboPrediction*>{&fast, &differentiable}) {
+        EXPECT_EQ(p->scores.sizes(), ref.sizes());
+        EXPECT_TRUE(torch::equal(p->scores.detach(), ref)) << classes << " classes, " << size;
+      }
+      EXPECT_TRUE(torch::equal(fast.masks, differentiable.masks));
+      if (classes == 2) {
+        EXPECT_TRUE(torch::equal(fast.probs, differentiable.probs.detach()));
+      }
+    }
+  }
 }
 
 TEST_F(ComboModelTest, NonMultipleSizesArePaddedAndCroppedBack) {

@@ -115,6 +115,8 @@ class PvtMlpImpl : public torch::nn::Cloneable<PvtMlpImpl> {
   void reset() override;
   /// x [B, H·W, dim] -> [B, H·W, dim].
   at::Tensor forward(const at::Tensor& x, int64_t h, int64_t w);
+  /// The rest after fc1: fc1's output [B, H·W, hidden_dim] -> [B, H·W, dim].
+  at::Tensor forward_hidden(const at::Tensor& hidden, int64_t h, int64_t w);
 
   int64_t dim;
   int64_t hidden_dim;
@@ -180,5 +182,25 @@ std::vector<double> drop_path_rates(double rate, int64_t total);
 /// - p), mask ~ Bernoulli(1 - p) per sample (dim 0); else residual + branch. `branch` may be
 /// overwritten (it must be a temporary of the caller).
 at::Tensor add_drop_path(const at::Tensor& residual, at::Tensor branch, double p, bool training);
+
+/// The tail of the PVT-v2 MLP, fc2(GELU(dwconv(hidden))), for hidden tokens [B, h·w, C]
+/// (contiguous): `dw_weight` [C, 1, 3, 3] and `dw_bias` [C] of the depth-wise 3x3 convolution
+/// (padding 1), `fc_weight` [out, C] and `fc_bias` [out] of fc2. Returns [B, h·w, out].
+///
+/// For training it keeps only `hidden` for the backward pass, where the convolution and the
+/// GELU are run again (bit-identical results and gradients to the unfused ops, which would keep
+/// the convolution output and the GELU output as well: two more [B, h·w, C] tensors per block).
+/// fc(LayerNorm(x)) over the last dimension of x [B, L, C] (contiguous), with the LayerNorm's
+/// `ln_weight`, `ln_bias` and `eps` and the Linear's `fc_weight` [out, C] and `fc_bias` [out].
+/// For training it keeps x (which the LayerNorm keeps anyway) and its statistics, not the
+/// normalised tensor, and normalises again in the backward pass: bit-identical results and
+/// gradients to torch::nn::LayerNorm followed by the Linear, one [B, L, C] tensor less per use.
+at::Tensor layer_norm_linear(const at::Tensor& x, const at::Tensor& ln_weight,
+                             const at::Tensor& ln_bias, double eps, const at::Tensor& fc_weight,
+                             const at::Tensor& fc_bias);
+
+at::Tensor dwconv_gelu_linear(const at::Tensor& hidden, int64_t h, int64_t w,
+                              const at::Tensor& dw_weight, const at::Tensor& dw_bias,
+                              const at::Tensor& fc_weight, const at::Tensor& fc_bias);
 
 }  // namespace combo::backbone
