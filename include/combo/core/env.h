@@ -31,8 +31,15 @@ int set_num_threads(int threads);
 /// Seeds every RNG ComboAVS uses: LibTorch CPU and CUDA generators and std::rand.
 void seed_everything(uint64_t seed);
 
-/// Threads then seed; returns the description of the runtime.
+/// Allocator settings (tune_allocator), threads, then seed; returns the description of the
+/// runtime.
 RuntimeInfo setup_runtime(int threads, uint64_t seed);
+
+/// glibc only: fixes malloc's mmap threshold at 32 MB and its trim threshold at 2 GB (instead
+/// of glibc's moving threshold), so tensors of a few MB reuse heap pages from step to step
+/// instead of being mapped and faulted in again. Called by setup_runtime. Skipped (returns
+/// false) when MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or COMBO_DEFAULT_MALLOC is set.
+bool tune_allocator();
 
 /// Describes the current runtime without changing it.
 RuntimeInfo runtime_info();
