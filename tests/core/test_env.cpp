@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+
 #include "combo/core/check.h"
 #include "combo/core/env.h"
 #include "testing/testing.h"
@@ -20,6 +22,29 @@ TEST(EnvTest, SeedingMakesRandomStreamsRepeat) {
   auto c = torch::randn({16});
   EXPECT_TENSOR_EQ(a, b);
   EXPECT_FALSE(torch::equal(a, c));
+}
+
+TEST(EnvTest, AllocatorTuningIsSkippedWhenTheUserChoseSettings) {
+#if defined(__GLIBC__)
+  for (const char* var : {"COMBO_DEFAULT_MALLOC", "MALLOC_MMAP_THRESHOLD_"}) {
+    ::setenv(var, "1", 1);
+    EXPECT_FALSE(combo::tune_allocator()) << var;
+    ::unsetenv(var);
+  }
+  if (std::getenv("MALLOC_TRIM_THRESHOLD_") == nullptr) {
+    EXPECT_TRUE(combo::tune_allocator());
+    // The tuned allocator still allocates, reuses and frees large and small blocks.
+    for (int i = 0; i < 3; ++i) {
+      auto big = torch::ones({40 << 20}, torch::kUInt8);  // above the 32 MB threshold
+      auto mid = torch::ones({4 << 20}, torch::kFloat32);
+      EXPECT_EQ(big.sum().item<int64_t>(), 40 << 20);
+      EXPECT_EQ(mid.sum().item<double>(), 4 << 20);
+    }
+  }
+#else
+  std::cout << "[ SKIP REASON ] not glibc: tune_allocator does nothing" << std::endl;
+  GTEST_SKIP() << "not glibc";
+#endif
 }
 
 TEST(EnvTest, RuntimeInfoDescribesTheBuild) {
