@@ -1,38 +1,22 @@
 // combo-train as torchrun starts it: two processes on loopback (Gloo) train a tiny model with
 // validation and checkpoints, then one process resumes their run.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "combo/core/state_dict.h"
 #include "testing/data_tree.h"
+#include "testing/files_and_ports.h"
 #include "testing/testing.h"
+#include "tiny_config.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using combo::testing::free_port;
+using combo::testing::read_text;
 
 }  // namespace
 
@@ -43,19 +27,7 @@ void write_tiny_run(const fs::path& data, const fs::path& out, const fs::path& c
   spec.val = 3;  // 2 + 1 videos on the two ranks
   spec.test = 1;
   combo::testing::write_s4_tree(data, spec);
-  std::ofstream(cfg)
-      << "_base_: " << (combo::testing::source_dir() / "configs/_base_/avs_s4.yaml").string()
-      << "\nmodel:\n  backbone:\n    name: pvt_v2_b0\n"
-      << "  decoder:\n    num_queries: 4\n    dec_layers: 2\n    dim_feedforward: 32\n"
-      << "  pixel_decoder:\n    enc_layers: 1\n    dim_feedforward: 32\n"
-      << "loss:\n  train_num_points: 256\n"
-      << "data:\n  root: " << data.string() << "\n  num_workers: 1\n"
-      << "  augment:\n    short_sides: [32, 40]\n    crop_size: 32\n    pad_size: 32\n"
-      << "solver:\n  max_iter: 4\n  ims_per_batch: 2\n  checkpoint_period: 2\n"
-      << "  base_lr: 0.0001\n"
-      << "test:\n  eval_period: 2\n"
-      << "runtime:\n  dist_timeout: 120\n"
-      << "output_dir: " << out.string() << "\n";
+  combo::testing::write_tiny_config(cfg, data, out, "runtime:\n  dist_timeout: 120\n");
 }
 
 TEST(DistributedSmoke, TwoRanksTrainAndValidateThenOneProcessResumes) {

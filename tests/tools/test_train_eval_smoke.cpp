@@ -20,6 +20,7 @@
 #include "combo/io/video.h"
 #include "testing/data_tree.h"
 #include "testing/testing.h"
+#include "tiny_config.h"
 
 namespace {
 
@@ -37,23 +38,6 @@ std::string read_text(const fs::path& p) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// A tiny COMBO on a 32 px S4 tree: a few iterations take seconds.
-void write_config(const fs::path& file, const fs::path& data, const fs::path& out) {
-  std::ofstream(file)
-      << "_base_: " << (combo::testing::source_dir() / "configs/_base_/avs_s4.yaml").string()
-      << "\n"
-      << "model:\n  backbone:\n    name: pvt_v2_b0\n"
-      << "  decoder:\n    num_queries: 4\n    dec_layers: 2\n    dim_feedforward: 32\n"
-      << "  pixel_decoder:\n    enc_layers: 1\n    dim_feedforward: 32\n"
-      << "loss:\n  train_num_points: 256\n"
-      << "data:\n  root: " << data.string() << "\n  num_workers: 1\n"
-      << "  augment:\n    short_sides: [32, 40]\n    crop_size: 32\n    pad_size: 32\n"
-      << "solver:\n  max_iter: 4\n  ims_per_batch: 2\n  checkpoint_period: 2\n"
-      << "  base_lr: 0.0001\n"
-      << "test:\n  eval_period: 2\n"
-      << "output_dir: " << out.string() << "\n";
-}
-
 class TrainEvalSmoke : public ::testing::Test {
  protected:
   combo::testing::TempDir dir;
@@ -66,7 +50,7 @@ class TrainEvalSmoke : public ::testing::Test {
     spec.val = 2;
     spec.test = 2;
     combo::testing::write_s4_tree(data, spec);
-    write_config(cfg, data, out);
+    combo::testing::write_tiny_config(cfg, data, out);
   }
 };
 

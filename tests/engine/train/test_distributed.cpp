@@ -2,10 +2,8 @@
 // combo_dist_worker on loopback with Gloo.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -21,6 +19,7 @@
 #include "combo/data/loader.h"
 #include "combo/engine/distributed.h"
 #include "dist_helpers.h"
+#include "testing/files_and_ports.h"
 #include "testing/testing.h"
 
 extern char** environ;
@@ -28,6 +27,8 @@ extern char** environ;
 using namespace combo::engine;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using combo::testing::free_port;
+using combo::testing::read_text;
 
 namespace {
 
@@ -46,20 +47,6 @@ void expect_error_naming(F&& f, const std::string& needle) {
   } catch (const combo::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
-}
-
-// A TCP port nobody listens on now.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
 }
 
 std::string worker() {
@@ -114,16 +101,19 @@ int wait_for(pid_t pid, std::chrono::seconds limit) {
   }
 }
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 int progress(const fs::path& dir, int rank) {
   std::ifstream in(dir / ("progress_rank" + std::to_string(rank)));
   int n = 0;
   in >> n;
   return n;
+}
+
+// Waits (at most 300 s) until `rank` has finished `steps` steps; returns its step count.
+int wait_for_progress(const fs::path& dir, int rank, int steps) {
+  const auto deadline = Clock::now() + std::chrono::seconds(300);
+  while (progress(dir, rank) < steps && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  return progress(dir, rank);
 }
 
 }  // namespace
@@ -298,10 +288,7 @@ TEST_F(DistributedIntegration, AKilledRankEndsTheOtherWithAnErrorWithinTheTimeou
                                       "100000", "--timeout",         std::to_string(timeout)};
   const pid_t p0 = spawn_rank(dir.path(), 0, 2, port, args);
   const pid_t p1 = spawn_rank(dir.path(), 1, 2, port, args);
-  const auto deadline = Clock::now() + std::chrono::seconds(300);
-  while (progress(dir.path(), 1) < 2 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_GE(progress(dir.path(), 1), 2) << logs();
+  ASSERT_GE(wait_for_progress(dir.path(), 1, 2), 2) << logs();
   ::kill(p1, SIGKILL);
   const auto killed = Clock::now();
   wait_for(p1, std::chrono::seconds(10));
@@ -325,10 +312,7 @@ TEST_F(DistributedIntegration, AHungRankMakesTheOtherTimeOutWithAnError) {
   const pid_t p0 = spawn_rank(dir.path(), 0, 2, port, args);
   args.insert(args.end(), {"--stall-after", "1"});
   const pid_t p1 = spawn_rank(dir.path(), 1, 2, port, args);
-  const auto deadline = Clock::now() + std::chrono::seconds(300);
-  while (progress(dir.path(), 1) < 1 && Clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  ASSERT_GE(progress(dir.path(), 1), 1) << logs();
+  ASSERT_GE(wait_for_progress(dir.path(), 1, 1), 1) << logs();
   const auto stalled = Clock::now();
   const int status = wait_for(p0, std::chrono::seconds(static_cast<int>(timeout) + 60));
   const double seconds = std::chrono::duration<double>(Clock::now() - stalled).count();
