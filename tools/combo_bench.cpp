@@ -1,13 +1,18 @@
 // combo-bench: timed, repeated measurements of COMBO on this machine (inference per clip,
 // training step, per-component breakdown, data loader, log-mel front end, peak memory), as JSON
 // records and a readable table. Performance is measured here, never asserted in tests.
+#include <sys/resource.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -18,6 +23,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "combo/audio/log_mel.h"
@@ -66,6 +72,68 @@ int64_t proc_status_bytes(const std::string& field) {
   return -1;
 }
 
+/// Minor page faults of this process so far (each first touch of a fresh page is one).
+int64_t minor_page_faults() {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_minflt);
+}
+
+/// Bytes the C heap holds for live allocations (glibc: in-use heap chunks plus mmapped blocks);
+/// -1 where unknown. Peak RSS minus this is what freed-but-kept heap pages cost.
+int64_t heap_live_bytes() {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  const struct mallinfo2 m = mallinfo2();
+  return static_cast<int64_t>(m.uordblks + m.hblkhd);
+#else
+  return -1;
+#endif
+}
+
+/// Samples heap_live_bytes() (and RSS) every `period` on a background thread while alive:
+/// the peak of live heap memory, and optionally every sample as CSV lines
+/// (seconds, live bytes, RSS bytes) for a memory timeline.
+class HeapSampler {
+ public:
+  explicit HeapSampler(std::ostream* trace = nullptr,
+                       std::chrono::milliseconds period = std::chrono::milliseconds(5))
+      : trace_(trace), period_(period), start_(std::chrono::steady_clock::now()) {
+    if (heap_live_bytes() < 0) return;
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        sample();
+        std::this_thread::sleep_for(period_);
+      }
+    });
+  }
+  ~HeapSampler() { stop(); }
+  void stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    sample();
+  }
+  int64_t peak() const { return peak_.load(); }
+
+ private:
+  void sample();
+  std::ostream* trace_;
+  std::chrono::milliseconds period_;
+  std::chrono::steady_clock::time_point start_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> peak_{-1};
+  std::thread thread_;
+};
+
+void HeapSampler::sample() {
+  const int64_t live = heap_live_bytes();
+  if (live < 0) return;
+  if (live > peak_.load()) peak_.store(live);
+  if (trace_) {
+    const std::chrono::duration<double> t = std::chrono::steady_clock::now() - start_;
+    *trace_ << t.count() << "," << live << "," << proc_status_bytes("VmRSS") << "\n";
+  }
+}
+
 // --- statistics -------------------------------------------------------------------------------
 
 struct Stats {
@@ -96,6 +164,8 @@ struct Figure {
   std::vector<double> values;
   int64_t peak_rss = -1;
   bool peak_rss_scoped = true;  ///< false: the process's peak since start
+  int64_t peak_heap_live = -1;  ///< peak of live C-heap bytes in the timed runs (-1: unknown)
+  double page_faults = 0;       ///< minor page faults per timed run (touching fresh memory)
   std::map<std::string, std::vector<double>> components;
   json extra = json::object();
 };
@@ -105,6 +175,8 @@ json figure_json(const Figure& f) {
   j.update(stats_json(stats(f.values)));
   j["peak_rss_bytes"] = f.peak_rss;
   j["peak_rss_scope"] = f.peak_rss_scoped ? "figure" : "process";
+  if (f.peak_heap_live >= 0) j["peak_heap_live_bytes"] = f.peak_heap_live;
+  j["page_faults_per_run"] = f.page_faults;
   if (!f.components.empty()) {
     json c = json::object();
     for (const auto& [k, v] : f.components) c[k] = stats_json(stats(v));
@@ -133,11 +205,18 @@ struct Clock {
 
 /// Runs `body` warmup + runs times; records the timed runs' seconds and, when `profile` is
 /// given, each timed run's components.
+/// With `heap_sample_ms` > 0 the live heap is sampled that often during the timed runs (its
+/// timeline appended to `trace` when given); sampling takes malloc's locks, so it is off for
+/// timing.
 template <class F>
 void measure(Figure& fig, int warmup, int runs, const Clock& clock, F&& body,
-             combo::prof::Profile* profile = nullptr) {
+             combo::prof::Profile* profile = nullptr, int heap_sample_ms = 0,
+             std::ostream* trace = nullptr) {
   for (int i = 0; i < warmup; ++i) body();
   fig.peak_rss_scoped = reset_peak_rss();
+  std::optional<HeapSampler> heap;
+  if (heap_sample_ms > 0) heap.emplace(trace, std::chrono::milliseconds(heap_sample_ms));
+  const int64_t faults_before = minor_page_faults();
   for (int i = 0; i < runs; ++i) {
     std::optional<combo::prof::ProfileActivation> active;
     if (profile) {
@@ -150,6 +229,11 @@ void measure(Figure& fig, int warmup, int runs, const Clock& clock, F&& body,
     }
   }
   fig.peak_rss = proc_status_bytes("VmHWM");
+  fig.page_faults = static_cast<double>(minor_page_faults() - faults_before) / runs;
+  if (heap) {
+    heap->stop();
+    fig.peak_heap_live = heap->peak();
+  }
 }
 
 // --- a synthetic batch at the config's settings ------------------------------------------------
@@ -278,10 +362,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   std::string what = "inference,train";
   std::string label, json_out, device_name = "cpu", data_root;
-  int warmup = 2, runs = 5, threads = 0;
+  int warmup = 2, runs = 5, threads = 0, heap_sample_ms = 0;
   int64_t videos = 1, frames = 5, size = 0, loader_videos = 64;
   bool keep_weights = false;
-  std::string table_file, anchor_file;
+  std::string table_file, anchor_file, trace_file;
   app.add_option("--config", config_file, "model config (YAML with _base_)")->capture_default_str();
   app.add_option("--what", what,
                  "comma-separated figures: inference, train, loader, logmel (inference and train "
@@ -310,6 +394,14 @@ int main(int argc, char** argv) {
   app.add_option("--anchor", anchor_file,
                  "with --table: reference figures {label: {\"inference\": s, \"train\": s, "
                  "\"peak_rss_gb\": GB}} shown as ratios (bench/official_anchor.json)");
+  app.add_option("--heap-sample-ms", heap_sample_ms,
+                 "sample the live C heap this often (ms) in the timed inference and training runs "
+                 "and report its peak (0 = off: sampling takes malloc's locks and slows the runs)")
+      ->capture_default_str();
+  app.add_option("--memory-trace", trace_file,
+                 "write the live-heap and RSS timeline of the timed inference and training runs "
+                 "to this CSV file (seconds,live_bytes,rss_bytes; '# figure' lines between); "
+                 "samples every 5 ms unless --heap-sample-ms says otherwise");
   app.add_option("overrides", overrides, "key.path=value config overrides");
   CLI11_PARSE(app, argc, argv);
 
@@ -345,6 +437,17 @@ int main(int argc, char** argv) {
     if (label.empty()) label = fs::path(config_file).stem().string();
     std::cerr << "combo-bench " << label << " | " << info.to_string() << "\n";
 
+    std::ofstream trace_stream;
+    if (!trace_file.empty()) {
+      trace_stream.open(trace_file);
+      COMBO_CHECK(trace_stream.good(), "combo-bench: cannot write --memory-trace '", trace_file,
+                  "'");
+    }
+    std::ostream* trace = trace_file.empty() ? nullptr : &trace_stream;
+    if (trace && heap_sample_ms <= 0) heap_sample_ms = 5;
+    auto trace_header = [&](const std::string& name) {
+      if (trace) *trace << "# " << name << "\n";
+    };
     combo::prof::Profile profile;
     if (clock.cuda) profile.synchronize = [] { torch::cuda::synchronize(); };
     std::vector<Figure> figures;
@@ -382,6 +485,7 @@ int main(int argc, char** argv) {
       if (todo.count("inference")) {
         Figure fig{"inference per clip", "s"};
         model->eval();
+        trace_header(fig.name);
         measure(
             fig, warmup, runs, clock,
             [&] {
@@ -389,7 +493,7 @@ int main(int argc, char** argv) {
               auto p = model->predict(batch.inputs);
               (void)p;
             },
-            &profile);
+            &profile, heap_sample_ms, trace);
         figures.push_back(std::move(fig));
       }
       if (todo.count("train")) {
@@ -408,8 +512,10 @@ int main(int argc, char** argv) {
         tb.layout = std::move(t.layout);
         Figure fig{"train step", "s"};
         int64_t it = 0;
+        trace_header(fig.name);
         measure(
-            fig, warmup, runs, clock, [&] { trainer.step(tb, it++); }, &profile);
+            fig, warmup, runs, clock, [&] { trainer.step(tb, it++); }, &profile, heap_sample_ms,
+            trace);
         figures.push_back(std::move(fig));
       }
     }
@@ -473,11 +579,14 @@ int main(int argc, char** argv) {
     std::cout << "\n"
               << label << " (" << info.device << ", " << info.intra_op_threads << " threads, "
               << videos << " video x " << frames << " frames, " << size << "x" << size << ")\n";
-    std::cout << "| figure | median | min | max | unit | peak RSS |\n|---|---|---|---|---|---|\n";
+    std::cout
+        << "| figure | median | min | max | unit | peak RSS | peak live heap | page faults/run |\n"
+        << "|---|---|---|---|---|---|---|---|\n";
     for (const auto& f : figures) {
       const auto s = stats(f.values);
       std::cout << "| " << f.name << " | " << fmt(s.median) << " | " << fmt(s.min) << " | "
-                << fmt(s.max) << " | " << f.unit << " | " << human_bytes(f.peak_rss) << " |\n";
+                << fmt(s.max) << " | " << f.unit << " | " << human_bytes(f.peak_rss) << " | "
+                << human_bytes(f.peak_heap_live) << " | " << fmt(f.page_faults, 0) << " |\n";
     }
     for (const auto& f : figures) {
       if (f.components.empty()) continue;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "combo/core/check.h"
+#include "combo/nn/checkpoint.h"
 
 namespace combo::backbone {
 namespace {
@@ -531,7 +532,14 @@ FeatureMap PvtV2Impl::forward_features(const at::Tensor& x) {
     int64_t w = 0;
     at::Tensor tokens = patch_embeds[i]->forward(image, &h, &w);
     for (const auto& block : *blocks[i]) {
-      tokens = block->as<PvtBlockImpl>()->forward(tokens, h, w);
+      auto* b = block->as<PvtBlockImpl>();
+      if (checkpoint_blocks) {
+        tokens = nn::checkpoint(
+            [b, h, w](const std::vector<at::Tensor>& in) { return b->forward(in[0], h, w); },
+            {tokens});
+      } else {
+        tokens = b->forward(tokens, h, w);
+      }
     }
     tokens = norms[i]->forward(tokens);
     image = tokens_as_image(tokens, h, w);

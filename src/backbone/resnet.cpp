@@ -6,6 +6,7 @@
 #include <ostream>
 
 #include "combo/core/check.h"
+#include "combo/nn/checkpoint.h"
 
 namespace combo::backbone {
 namespace {
@@ -158,7 +159,15 @@ FeatureMap ResNetImpl::forward_features(const at::Tensor& x) {
   FeatureMap out;
   at::Tensor y = stem->forward(x.contiguous(at::MemoryFormat::ChannelsLast));
   for (size_t s = 0; s < stages.size(); ++s) {
-    for (const auto& block : *stages[s]) y = block->as<BottleneckBlockImpl>()->forward(y);
+    for (const auto& block : *stages[s]) {
+      auto* b = block->as<BottleneckBlockImpl>();
+      if (checkpoint_blocks) {
+        y = nn::checkpoint([b](const std::vector<at::Tensor>& in) { return b->forward(in[0]); },
+                           {y});
+      } else {
+        y = b->forward(y);
+      }
+    }
     out[names[s]] = y.contiguous();
   }
   return out;

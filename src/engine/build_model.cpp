@@ -15,6 +15,7 @@ model::ComboModelOptions model_options(const Config& config) {
   return model::ComboModelOptions()
       .backbone(m.backbone.name)
       .drop_path_rate(m.backbone.drop_path_rate)
+      .activation_checkpointing(m.activation_checkpointing)
       .pre_sam(m.pre_sam.enabled)
       .shared_encoders(m.pre_sam.shared)
       .audio_dim(m.audio.dim)

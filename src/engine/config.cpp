@@ -282,6 +282,7 @@ std::vector<FieldInfo> config_fields(Config& c) {
       field("model.pixel_mean", m.pixel_mean),
       field("model.pixel_std", m.pixel_std),
       field("model.weights", m.weights),
+      field("model.activation_checkpointing", m.activation_checkpointing),
       field("loss.class_weight", l.class_weight),
       field("loss.mask_weight", l.mask_weight),
       field("loss.dice_weight", l.dice_weight),

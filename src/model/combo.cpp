@@ -104,6 +104,10 @@ void ComboModelImpl::reset() {
         register_module("audio_transformation", audio::AudioMlp(audio_mlp_options(o)));
   }
   sem_seg_head = register_module("sem_seg_head", SemSegHead(o, shapes));
+  backbone->checkpoint_blocks = o.activation_checkpointing();
+  if (pre_sam_backbone) pre_sam_backbone->checkpoint_blocks = o.activation_checkpointing();
+  sem_seg_head->pixel_decoder->transformer->encoder->checkpoint_layers =
+      o.activation_checkpointing();
   pixel_mean_ = torch::tensor(o.pixel_mean(), torch::kFloat32).view({1, 3, 1, 1});
   pixel_std_ = torch::tensor(o.pixel_std(), torch::kFloat32).view({1, 3, 1, 1});
 }

@@ -1,4 +1,5 @@
 #include "combo/model/pixel_decoder.h"
+#include "combo/nn/checkpoint.h"
 
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -141,8 +142,16 @@ at::Tensor MSDeformAttnEncoderImpl::forward(const at::Tensor& src, const at::Ten
   const auto ref = reference_points(spatial_shapes, src.options());
   auto out = src;
   for (const auto& layer : *layers) {
-    out = layer->as<MSDeformAttnEncoderLayerImpl>()->forward(out, pos, ref, spatial_shapes,
-                                                             level_start_index);
+    auto* l = layer->as<MSDeformAttnEncoderLayerImpl>();
+    if (checkpoint_layers) {
+      out = nn::checkpoint(
+          [l, spatial_shapes, level_start_index](const std::vector<at::Tensor>& in) {
+            return l->forward(in[0], in[1], in[2], spatial_shapes, level_start_index);
+          },
+          {out, pos, ref});
+    } else {
+      out = l->forward(out, pos, ref, spatial_shapes, level_start_index);
+    }
   }
   return out;
 }

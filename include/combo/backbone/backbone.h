@@ -52,6 +52,11 @@ class BackboneImpl : public virtual torch::nn::Module {
 
   /// Checks x ([N, 3, H, W], floating point) and calls forward_features.
   FeatureMap forward(const at::Tensor& x);
+
+  /// Activation checkpointing of every block (nn::checkpoint): while training, a block keeps
+  /// only its input for backward and runs again there. Same results, less memory, one more
+  /// forward pass of the blocks per step.
+  bool checkpoint_blocks = false;
 };
 TORCH_MODULE(Backbone);
 

@@ -82,6 +82,10 @@ struct ModelConfig {
   std::vector<double> pixel_mean = {123.675, 116.280, 103.530};
   std::vector<double> pixel_std = {58.395, 57.120, 57.375};
   std::string weights;  ///< full-model state dict to start from ("" = none)
+  /// Recompute the image encoders' blocks and the deformable encoder layers in backward instead
+  /// of keeping their activations: bit-identical results, about 0.3-1.3 GB less training memory
+  /// on CPU at the S4 settings, 0-20 % more time per step. Off under AMP (autocast).
+  bool activation_checkpointing = true;
 };
 
 struct ConsistencyConfig {

@@ -35,6 +35,9 @@ struct ComboModelOptions {
   // Encoders.
   TORCH_ARG(std::string, backbone) = "pvt_v2_b5";
   TORCH_ARG(double, drop_path_rate) = 0.1;
+  /// Recompute the image encoders' blocks and the deformable encoder layers in backward instead
+  /// of keeping their activations (nn::checkpoint): same results, less training memory.
+  TORCH_ARG(bool, activation_checkpointing) = false;
   /// Siam-Encoder on (Maskige encoder + channel-weighted fusion); off = the "no SEM" ablation.
   TORCH_ARG(bool, pre_sam) = true;
   /// One encoder for frames and Maskiges (official: two independent copies).

@@ -117,6 +117,9 @@ class MSDeformAttnEncoderImpl : public torch::nn::Cloneable<MSDeformAttnEncoderI
   MSDeformAttnEncoderLayerOptions layer_options;
   int64_t num_layers;
   torch::nn::ModuleList layers{nullptr};
+  /// Activation checkpointing of every layer (nn::checkpoint): while training, a layer keeps
+  /// only its inputs for backward and runs again there (same results, less memory).
+  bool checkpoint_layers = false;
 };
 TORCH_MODULE(MSDeformAttnEncoder);
 
