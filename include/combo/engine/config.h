@@ -84,7 +84,7 @@ struct ModelConfig {
   std::string weights;  ///< full-model state dict to start from ("" = none)
   /// Recompute the image encoders' blocks and the deformable encoder layers in backward instead
   /// of keeping their activations: bit-identical results, about 0.3-1.3 GB less training memory
-  /// on CPU at the S4 settings, 0-20 % more time per step. Off under AMP (autocast).
+  /// on CPU at the S4 settings, 13-25 % more time per step. Off under AMP (autocast).
   bool activation_checkpointing = true;
 };
 
