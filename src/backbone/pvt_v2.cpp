@@ -1,6 +1,5 @@
 #include "combo/backbone/pvt_v2.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -51,10 +50,30 @@ bool grad_recording() { return at::GradMode::is_enabled(); }
 
 // torch::nn::Linear (the C++ frontend's functional::linear) runs a 3-D input as matmul plus a
 // separate bias pass; one addmm on the flattened tokens does both, as at::linear does.
+// bias + tokens W^T for contiguous tokens [B, L, C] as one addmm -> [B, L, out].
+at::Tensor addmm_tokens(const at::Tensor& bias, const at::Tensor& x, const at::Tensor& weight) {
+  return at::addmm(bias, x.view({-1, x.size(2)}), weight.t())
+      .view({x.size(0), x.size(1), weight.size(0)});
+}
+
+// The gradients autograd computes for addmm_tokens: W^T is column-major, so the weight's
+// gradient is (grad^T x2)^T computed as grad^T x2, and the tokens' gradient is grad W.
+struct AddmmTokensGrads {
+  at::Tensor x, weight, bias;
+};
+AddmmTokensGrads addmm_tokens_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                       const at::Tensor& weight, const at::Tensor& bias) {
+  const at::Tensor grad = grad_out.reshape({-1, weight.size(0)});
+  AddmmTokensGrads g;
+  g.weight = grad.t().mm(x.view({-1, x.size(2)}));
+  g.bias = at::sum_to(grad, bias.sizes());
+  g.x = grad.mm(weight).reshape(x.sizes());
+  return g;
+}
+
 at::Tensor linear_tokens(torch::nn::Linear& fc, const at::Tensor& x) {
   if (x.dim() == 3 && x.is_contiguous() && fc->bias.defined()) {
-    return at::addmm(fc->bias, x.view({-1, x.size(2)}), fc->weight.t())
-        .view({x.size(0), x.size(1), fc->weight.size(0)});
+    return addmm_tokens(fc->bias, x, fc->weight);
   }
   return fc->forward(x);
 }
@@ -114,12 +133,10 @@ class DwconvGeluLinearFunction : public torch::autograd::Function<DwconvGeluLine
                             const at::Tensor& fc_weight, const at::Tensor& fc_bias, int64_t h,
                             int64_t w) {
     const at::Tensor g = dwconv_gelu(hidden, h, w, dw_weight, dw_bias);
-    const int64_t c = hidden.size(2);
     ctx->save_for_backward({hidden, dw_weight, dw_bias, fc_weight, fc_bias});
     ctx->saved_data["h"] = h;
     ctx->saved_data["w"] = w;
-    return at::addmm(fc_bias, g.view({-1, c}), fc_weight.t())
-        .view({hidden.size(0), hidden.size(1), fc_weight.size(0)});
+    return addmm_tokens(fc_bias, g, fc_weight);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -142,21 +159,15 @@ class DwconvGeluLinearFunction : public torch::autograd::Function<DwconvGeluLine
           at::conv2d(tokens_as_image(hidden, h, w), dw_weight, dw_bias, 1, 1, 1, c));
       g = at::gelu(conv);
     }
-    // addmm(bias, g2, W^T): W^T is column-major, so autograd computes its gradient as
-    // (grad^T g2)^T, and the gradient of g2 as grad W.
-    const at::Tensor grad = grad_outputs[0].reshape({-1, fc_weight.size(0)});
-    const at::Tensor g2 = g.view({-1, c});
-    const at::Tensor grad_fc_weight = grad.t().mm(g2);
-    const at::Tensor grad_fc_bias = at::sum_to(grad, fc_bias.sizes());
-    const at::Tensor grad_g = grad.mm(fc_weight).reshape(g.sizes());
-    const at::Tensor grad_conv = at::gelu_backward(grad_g, conv);
+    const auto fc = addmm_tokens_backward(grad_outputs[0], g, fc_weight, fc_bias);
+    const at::Tensor grad_conv = at::gelu_backward(fc.x, conv);
     auto [grad_image, grad_dw_weight, grad_dw_bias] = at::convolution_backward(
         tokens_as_image(grad_conv, h, w), tokens_as_image(hidden, h, w), dw_weight,
         at::OptionalIntArrayRef(dw_bias.sizes()), {1, 1}, {1, 1}, {1, 1}, /*transposed=*/false,
         {0, 0}, c, {true, true, true});
     const at::Tensor grad_hidden = grad_image.permute({0, 2, 3, 1}).reshape(hidden.sizes());
-    return {grad_hidden,  grad_dw_weight, grad_dw_bias, grad_fc_weight,
-            grad_fc_bias, at::Tensor(),   at::Tensor()};
+    return {grad_hidden, grad_dw_weight, grad_dw_bias, fc.weight,
+            fc.bias,     at::Tensor(),   at::Tensor()};
   }
 };
 
@@ -172,8 +183,7 @@ class LayerNormLinearFunction : public torch::autograd::Function<LayerNormLinear
     auto [normed, mean, rstd] = at::native_layer_norm(x, {c}, ln_weight, ln_bias, eps);
     ctx->save_for_backward({x, mean, rstd, ln_weight, ln_bias, fc_weight, fc_bias});
     ctx->saved_data["eps"] = eps;
-    return at::addmm(fc_bias, normed.view({-1, c}), fc_weight.t())
-        .view({x.size(0), x.size(1), fc_weight.size(0)});
+    return addmm_tokens(fc_bias, normed, fc_weight);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -193,30 +203,12 @@ class LayerNormLinearFunction : public torch::autograd::Function<LayerNormLinear
       at::NoGradGuard no_grad;
       normed = std::get<0>(at::native_layer_norm(x, {c}, ln_weight, ln_bias, eps));
     }
-    const at::Tensor grad = grad_outputs[0].reshape({-1, fc_weight.size(0)});
-    const at::Tensor grad_fc_weight = grad.t().mm(normed.view({-1, c}));
-    const at::Tensor grad_fc_bias = at::sum_to(grad, fc_bias.sizes());
-    const at::Tensor grad_normed = grad.mm(fc_weight).reshape(x.sizes());
+    const auto fc = addmm_tokens_backward(grad_outputs[0], normed, fc_weight, fc_bias);
     auto [grad_x, grad_ln_weight, grad_ln_bias] = at::native_layer_norm_backward(
-        grad_normed, x, {c}, mean, rstd, ln_weight, ln_bias, {true, true, true});
-    return {grad_x, grad_ln_weight, grad_ln_bias, at::Tensor(), grad_fc_weight, grad_fc_bias};
+        fc.x, x, {c}, mean, rstd, ln_weight, ln_bias, {true, true, true});
+    return {grad_x, grad_ln_weight, grad_ln_bias, at::Tensor(), fc.weight, fc.bias};
   }
 };
-
-// Whether the recomputing autograd functions may replace the unfused ops: autograd records,
-// and no autocast (its lower-precision ops would not be reproduced in the backward pass).
-bool recompute_in_backward(std::initializer_list<at::Tensor> inputs) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  const bool autocast =
-      at::autocast::is_autocast_enabled(at::kCUDA) || at::autocast::is_autocast_enabled(at::kCPU);
-#else
-  const bool autocast = at::autocast::is_enabled() || at::autocast::is_cpu_enabled();
-#endif
-  if (!grad_recording() || autocast) return false;
-  for (const auto& t : inputs)
-    if (t.requires_grad()) return true;
-  return false;
-}
 
 }  // namespace
 
@@ -227,14 +219,11 @@ at::Tensor layer_norm_linear(const at::Tensor& x, const at::Tensor& ln_weight,
                   fc_bias.defined() && fc_weight.dim() == 2 && fc_weight.size(1) == x.size(2),
               "layer_norm_linear: expected x [B, L, C] and defined weights and biases, got x ",
               x.sizes());
-  if (x.is_contiguous() && recompute_in_backward({x, ln_weight, ln_bias, fc_weight, fc_bias})) {
+  if (x.is_contiguous() && nn::checkpoint_applies({x, ln_weight, ln_bias, fc_weight, fc_bias})) {
     return LayerNormLinearFunction::apply(x, ln_weight, ln_bias, eps, fc_weight, fc_bias);
   }
   const at::Tensor normed = at::layer_norm(x, {x.size(2)}, ln_weight, ln_bias, eps);
-  if (normed.is_contiguous()) {
-    return at::addmm(fc_bias, normed.view({-1, normed.size(2)}), fc_weight.t())
-        .view({x.size(0), x.size(1), fc_weight.size(0)});
-  }
+  if (normed.is_contiguous()) return addmm_tokens(fc_bias, normed, fc_weight);
   return at::linear(normed, fc_weight, fc_bias);
 }
 
@@ -247,7 +236,7 @@ at::Tensor dwconv_gelu_linear(const at::Tensor& hidden, int64_t h, int64_t w,
               "dwconv_gelu_linear: expected hidden [B, ", h * w,
               ", C] and defined weights and biases, got hidden ", hidden.sizes());
   if (hidden.is_contiguous() &&
-      recompute_in_backward({hidden, dw_weight, dw_bias, fc_weight, fc_bias})) {
+      nn::checkpoint_applies({hidden, dw_weight, dw_bias, fc_weight, fc_bias})) {
     return DwconvGeluLinearFunction::apply(hidden, dw_weight, dw_bias, fc_weight, fc_bias, h, w);
   }
   at::Tensor y = image_as_tokens(
@@ -258,10 +247,7 @@ at::Tensor dwconv_gelu_linear(const at::Tensor& hidden, int64_t h, int64_t w,
   } else {
     at::gelu_(y);
   }
-  if (y.is_contiguous()) {
-    return at::addmm(fc_bias, y.view({-1, y.size(2)}), fc_weight.t())
-        .view({y.size(0), y.size(1), fc_weight.size(0)});
-  }
+  if (y.is_contiguous()) return addmm_tokens(fc_bias, y, fc_weight);
   return at::linear(y, fc_weight, fc_bias);
 }
 

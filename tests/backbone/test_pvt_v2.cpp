@@ -187,6 +187,27 @@ TEST_F(PvtV2Test, InferenceModeMatchesGradMode) {
   for (const auto& [name, t] : with_grad) EXPECT_TENSOR_NEAR_ABS(t, inference.at(name), 1e-6);
 }
 
+namespace {
+// A recomputing autograd function against autograd through the unfused ops: its node is the
+// output's grad_fn, and after backward(grad_out) the output and every input's gradient are
+// bit-identical to the reference's.
+void expect_recomputing_function_matches(const at::Tensor& fused_out, const std::string& node,
+                                         const at::Tensor& grad_out,
+                                         const std::vector<at::Tensor>& fused,
+                                         const at::Tensor& ref_out,
+                                         const std::vector<at::Tensor>& ref) {
+  ASSERT_NE(fused_out.grad_fn(), nullptr);
+  EXPECT_NE(fused_out.grad_fn()->name().find(node), std::string::npos)
+      << fused_out.grad_fn()->name();
+  fused_out.backward(grad_out);
+  EXPECT_TRUE(torch::equal(fused_out, ref_out));
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_TRUE(fused[i].grad().defined()) << "input " << i;
+    EXPECT_TRUE(torch::equal(fused[i].grad(), ref[i].grad())) << "gradient of input " << i;
+  }
+}
+}  // namespace
+
 TEST_F(PvtV2Test, FusedMlpTailIsBitIdenticalToTheUnfusedOps) {
   // dwconv_gelu_linear keeps only its input for backward and recomputes the convolution and
   // the GELU; outputs and every gradient must equal autograd's through the separate ops.
@@ -214,15 +235,7 @@ TEST_F(PvtV2Test, FusedMlpTailIsBitIdenticalToTheUnfusedOps) {
   auto fused = leaves();
   const at::Tensor fused_out =
       combo::backbone::dwconv_gelu_linear(fused[0], h, w, fused[1], fused[2], fused[3], fused[4]);
-  ASSERT_NE(fused_out.grad_fn(), nullptr);
-  EXPECT_NE(fused_out.grad_fn()->name().find("DwconvGeluLinear"), std::string::npos)
-      << fused_out.grad_fn()->name();
-  fused_out.backward(grad_out);
-  EXPECT_TRUE(torch::equal(fused_out, ref_out));
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_TRUE(fused[i].grad().defined()) << "input " << i;
-    EXPECT_TRUE(torch::equal(fused[i].grad(), ref[i].grad())) << "gradient of input " << i;
-  }
+  expect_recomputing_function_matches(fused_out, "DwconvGeluLinear", grad_out, fused, ref_out, ref);
   // Without autograd the same numbers come from the in-place path.
   c10::InferenceMode guard;
   EXPECT_TRUE(torch::equal(
@@ -257,15 +270,7 @@ TEST_F(PvtV2Test, FusedLayerNormLinearIsBitIdenticalToTheUnfusedOps) {
   auto fused = leaves();
   const at::Tensor fused_out =
       combo::backbone::layer_norm_linear(fused[0], fused[1], fused[2], eps, fused[3], fused[4]);
-  ASSERT_NE(fused_out.grad_fn(), nullptr);
-  EXPECT_NE(fused_out.grad_fn()->name().find("LayerNormLinear"), std::string::npos)
-      << fused_out.grad_fn()->name();
-  fused_out.backward(grad_out);
-  EXPECT_TRUE(torch::equal(fused_out, ref_out));
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_TRUE(fused[i].grad().defined()) << "input " << i;
-    EXPECT_TRUE(torch::equal(fused[i].grad(), ref[i].grad())) << "gradient of input " << i;
-  }
+  expect_recomputing_function_matches(fused_out, "LayerNormLinear", grad_out, fused, ref_out, ref);
   c10::InferenceMode guard;
   EXPECT_TRUE(torch::equal(
       combo::backbone::layer_norm_linear(x, ln_weight, ln_bias, eps, fc_weight, fc_bias),
