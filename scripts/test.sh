@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs the dependencies, configures, builds and runs the whole CTest suite.
+# Installs the dependencies, configures, builds and runs the whole CTest suite; then builds the
+# configuration without the media stack (-DCOMBO_WITH_MEDIA=OFF), checks that none of its targets
+# links OpenCV, FFmpeg or libsndfile, and runs its media-free tests (label media_free).
 # Exits non-zero on any failure. Environment: COMBO_BUILD_DIR (default build),
+# COMBO_NOMEDIA_BUILD_DIR (default build-nomedia; COMBO_SKIP_NOMEDIA=1 skips that part),
 # COMBO_REFERENCE_DIR (golden fixtures; default ../shared/fixtures/reference), CTEST_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +14,8 @@ jobs=$(nproc)
 scripts/install_deps.sh
 # ccache needs a cache folder even where HOME is not set (some CI environments).
 export CCACHE_DIR=${CCACHE_DIR:-${HOME:-/tmp}/.cache/ccache}
+# Paths relative to the source tree, so the two build folders share cache entries.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$root}
 
 start=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMBO_BUILD_TESTS=ON -DCOMBO_BUILD_TOOLS=ON
@@ -22,9 +27,26 @@ if [ -z "${COMBO_REFERENCE_DIR:-}" ] && [ -d "$root/../shared/fixtures/reference
 fi
 echo "test.sh: golden fixtures: ${COMBO_REFERENCE_DIR:-none (parity tests will skip)}"
 
-cd "$build"
+pushd "$build" >/dev/null
 # libgomp's threads spin while waiting; with two test processes on two cores that spinning
 # starves the other process (measured: 3-7x slower). Passive waiting avoids it.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # Each test uses every core itself; running two at a time still overlaps process start-up.
 ctest --output-on-failure --no-tests=error -j "$jobs" ${CTEST_ARGS:-}
+popd >/dev/null
+
+if [ "${COMBO_SKIP_NOMEDIA:-0}" = 1 ]; then
+  echo "test.sh: COMBO_SKIP_NOMEDIA=1: the media-free configuration is not built"
+  exit 0
+fi
+# The configuration of a machine without OpenCV/FFmpeg/libsndfile (the GPU machine).
+nomedia=${COMBO_NOMEDIA_BUILD_DIR:-build-nomedia}
+start=$(date +%s)
+cmake -S . -B "$nomedia" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMBO_BUILD_TESTS=ON \
+      -DCOMBO_BUILD_TOOLS=ON -DCOMBO_WITH_MEDIA=OFF
+cmake --build "$nomedia" -j "$jobs"
+echo "test.sh: media-free build took $(( $(date +%s) - start )) s"
+scripts/check_media_free.sh "$nomedia"
+cd "$nomedia"
+ctest --output-on-failure --no-tests=error -j "$jobs" -L media_free ${CTEST_ARGS:-}
+echo "test.sh: media-free configuration took $(( $(date +%s) - start )) s"

@@ -18,9 +18,6 @@
 #include "combo/engine/logging.h"
 #include "combo/engine/report.h"
 #include "combo/engine/tool.h"
-#include "combo/io/audio_reader.h"
-#include "combo/io/image.h"
-#include "combo/io/video.h"
 
 namespace fs = std::filesystem;
 
@@ -48,8 +45,11 @@ int main(int argc, char** argv) {
                  "(default: model.weights, else <output_dir>/model_best.pth or model_final.pth)");
   app.add_option("--split", split, "split to evaluate (default: data.test_split)");
   app.add_option("--out", out_dir, "output folder (default: <output_dir>/eval_<split>)");
-  app.add_flag("--overlays", overlays, "write an overlay PNG per frame");
-  app.add_flag("--videos", videos, "write an overlay MP4 per video with the original audio");
+  app.add_flag("--overlays", overlays,
+               "write an overlay PNG per frame (builds with the media stack)");
+  app.add_flag("--videos", videos,
+               "write an overlay MP4 per video with the original audio (builds with the media "
+               "stack)");
   app.add_option("--max-videos", max_videos, "stop after this many videos");
   app.add_option("--log-every", every, "progress line every N videos");
   app.add_option("overrides", overrides, "key.path=value overrides");
@@ -58,6 +58,11 @@ int main(int argc, char** argv) {
   return combo::engine::run_tool([&] {
     auto cfg = combo::engine::load_config(config_file, overrides);
     if (split.empty()) split = cfg.data.test_split;
+    combo::engine::PictureOptions pictures_options;
+    pictures_options.overlays = overlays;
+    pictures_options.videos = videos;
+    // Before any work: a build without the media stack says at once that it cannot draw.
+    combo::engine::PredictionPictures(pictures_options, nullptr);
     if (out_dir.empty()) out_dir = (fs::path(cfg.output_dir) / ("eval_" + split)).string();
     fs::create_directories(out_dir);
     combo::engine::setup_logging(out_dir);
@@ -91,7 +96,7 @@ int main(int argc, char** argv) {
     combo::data::DataLoader loader(dataset, combo::engine::eval_loader_options(cfg));
     auto evaluator = combo::engine::make_evaluator(cfg);
     spdlog::info("evaluating {} videos of {} split '{}' from {} with {} (protocol {})",
-                 dataset->size(), cfg.data.dataset, split, dataset->root(), weights,
+                 dataset->size(), cfg.data.dataset, split, dataset->describe(), weights,
                  evaluator->protocol());
 
     std::signal(SIGINT, on_signal);
@@ -101,29 +106,10 @@ int main(int argc, char** argv) {
     eo.log_every = every;
     eo.max_videos = max_videos;
     eo.on_video = [&](const combo::engine::VideoPrediction& v) {
-      if (overlays || videos) {
-        std::vector<cv::Mat> frames;
-        for (int64_t k = 0; k < v.frames.size(0); ++k) {
-          cv::Mat o = combo::engine::overlay_prediction(v.frames[k], v.masks[k], semantic);
-          if (overlays)
-            combo::io::write_png(
-                (fs::path(out_dir) / "overlays" / v.video_id / (std::to_string(k) + ".png"))
-                    .string(),
-                o);
-          frames.push_back(o);
-        }
-        if (videos) {
-          const auto& rec = dataset->record(v.index);
-          at::Tensor audio;
-          if (fs::exists(rec.wav)) audio = combo::io::load_audio_16k_mono(rec.wav).to(at::kFloat);
-          // One frame per second, as the AVSBench frames are sampled.
-          combo::io::VideoWriterOptions vo;
-          vo.fps = 1.0;
-          vo.audio_sample_rate = 16000;
-          combo::io::write_video((fs::path(out_dir) / "videos" / (v.video_id + ".mp4")).string(),
-                                 frames, audio, vo);
-        }
-      }
+    pictures_options.out_dir = out_dir;
+    pictures_options.semantic = semantic;
+    const combo::engine::PredictionPictures pictures(pictures_options, dataset);
+      pictures.write(v);
       if (g_stop) throw Interrupted();
     };
     int64_t n = 0;

@@ -144,12 +144,12 @@ int main(int argc, char** argv) {
     loader_options.start_epoch = start.loader_position.first;
     loader_options.start_batch = start.loader_position.second;
     combo::data::DataLoader loader(train_set, loader_options);
-    spdlog::info("training on {} videos of {} '{}' ({} batches of {} per epoch{})",
-                 train_set->size(), cfg.data.dataset, cfg.data.train_split,
+    spdlog::info("training on {} videos of {} '{}' from {} ({} batches of {} per epoch{})",
+                 train_set->size(), cfg.data.dataset, cfg.data.train_split, train_set->describe(),
                  loader.batches_per_epoch(), loader_options.batch_videos,
                  group ? fmt::format(" on each of {} ranks", group->world_size()) : "");
 
-    std::shared_ptr<const combo::data::AvsDataset> val_set;
+    std::shared_ptr<const combo::data::Dataset> val_set;
     if (!no_eval && !cfg.data.val_split.empty()) {
       val_set = combo::engine::build_dataset(cfg, cfg.data.val_split, /*train=*/false);
       trainer.set_evaluator([&](int64_t iteration) {

@@ -369,18 +369,6 @@ at::Tensor stack_chw(const std::vector<cv::Mat>& images) {
 
 }  // namespace
 
-std::string to_string(DatasetKind kind) {
-  switch (kind) {
-    case DatasetKind::kS4:
-      return "s4";
-    case DatasetKind::kMS3:
-      return "ms3";
-    case DatasetKind::kAVSS:
-      return "avss";
-  }
-  return "?";
-}
-
 std::string resolve_root(DatasetKind kind, const std::string& root) {
   const fs::path r(root);
   std::vector<fs::path> tries;
@@ -632,6 +620,12 @@ VideoSample AvsDataset::load(int64_t index, Rng& rng) const {
   s.slots = avss ? 10 : t;
   s.frame_files = r.frames;
   return s;
+}
+
+void register_media_datasets() {
+  register_dataset_source("files", [](const DatasetOptions& o) -> std::shared_ptr<const Dataset> {
+    return std::make_shared<const AvsDataset>(o);
+  });
 }
 
 }  // namespace combo::data

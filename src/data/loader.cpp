@@ -63,7 +63,7 @@ std::vector<int64_t> loader_order(int64_t size, const LoaderOptions& o, int64_t 
 }
 }  // namespace
 
-DataLoader::DataLoader(std::shared_ptr<const AvsDataset> dataset, LoaderOptions options)
+DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions options)
     : dataset_(std::move(dataset)), options_(options) {
   COMBO_CHECK(dataset_, "DataLoader: no dataset");
   COMBO_CHECK(options_.batch_videos >= 1, "DataLoader: batch_videos must be >= 1, got ",
@@ -141,8 +141,8 @@ VideoBatch DataLoader::load_job(const Job& job) {
     try {
       samples.push_back(dataset_->load(index, rng));
     } catch (const combo::Error& e) {
-      if (!dataset_->options().skip_bad) throw;
-      spdlog::warn("skipping video {} ({}): {}", index, dataset_->record(index).id, e.what());
+      if (!dataset_->skip_bad()) throw;
+      spdlog::warn("skipping video {} ({}): {}", index, dataset_->video_id(index), e.what());
       std::lock_guard<std::mutex> lock(mutex_);
       ++skipped_;
       skipped_errors_.push_back(e.what());

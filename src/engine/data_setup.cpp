@@ -1,5 +1,7 @@
 #include "combo/engine/data_setup.h"
 
+#include <mutex>
+
 #include "combo/core/check.h"
 
 namespace combo::engine {
@@ -26,6 +28,15 @@ data::DatasetOptions dataset_options(const Config& c, const std::string& split, 
   a.color_jitter = c.data.augment.color_jitter;
   a.jitter_maskige = c.data.augment.jitter_maskige;
   a.flip_prob = c.data.augment.flip_prob;
+  auto& s = o.synthetic;
+  s.train_videos = c.data.synthetic.train_videos;
+  s.eval_videos = c.data.synthetic.eval_videos;
+  s.frames = c.data.synthetic.frames;
+  s.image_size = c.data.synthetic.image_size;
+  s.seed = c.data.synthetic.seed;
+  s.classes = c.data.synthetic.classes;
+  s.object_scale = c.data.synthetic.object_scale;
+  s.style = c.data.synthetic.style;
   return o;
 }
 
@@ -58,9 +69,21 @@ data::LoaderOptions eval_loader_options(const Config& c, int64_t rank, int64_t w
   return o;
 }
 
-std::shared_ptr<const data::AvsDataset> build_dataset(const Config& config,
-                                                      const std::string& split, bool train) {
-  return std::make_shared<const data::AvsDataset>(dataset_options(config, split, train));
+bool has_media_stack() {
+#if defined(COMBO_WITH_MEDIA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::shared_ptr<const data::Dataset> build_dataset(const Config& config, const std::string& split,
+                                                   bool train) {
+#if defined(COMBO_WITH_MEDIA)
+  static std::once_flag registered;
+  std::call_once(registered, [] { data::register_media_datasets(); });
+#endif
+  return data::make_dataset(config.data.source, dataset_options(config, split, train));
 }
 
 }  // namespace combo::engine

@@ -1,14 +1,27 @@
 #include "combo/engine/report.h"
 
 #include <ATen/ATen.h>
-#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+#include <vector>
 
 #include "combo/core/check.h"
 #include "combo/core/env.h"
+#include "combo/data/dataset.h"
+#include "combo/engine/evaluation.h"
+
+#if defined(COMBO_WITH_MEDIA)
+#include <opencv2/imgproc.hpp>
+
 #include "combo/data/avsbench.h"
+#include "combo/io/audio_reader.h"
 #include "combo/io/image.h"
+#include "combo/io/video.h"
+#endif
 
 namespace combo::engine {
+
+#if defined(COMBO_WITH_MEDIA)
 
 cv::Mat mask_image(const at::Tensor& mask, bool semantic) {
   COMBO_CHECK(mask.dim() == 2, "mask_image: expected [H, W], got ", mask.sizes());
@@ -47,6 +60,48 @@ cv::Mat overlay_prediction(const at::Tensor& frame, const at::Tensor& mask, bool
   edges &= fg;
   colour.copyTo(rgb, edges);
   return rgb;
+}
+
+#endif  // COMBO_WITH_MEDIA
+
+PredictionPictures::PredictionPictures(PictureOptions options,
+                                       std::shared_ptr<const data::Dataset> dataset)
+    : options_(std::move(options)), dataset_(std::move(dataset)) {
+#if !defined(COMBO_WITH_MEDIA)
+  COMBO_CHECK(!enabled(),
+              "overlay pictures and videos (--overlays, --videos) are not available: this build "
+              "lacks the media stack (OpenCV, FFmpeg; configured with COMBO_WITH_MEDIA=OFF)");
+#endif
+}
+
+void PredictionPictures::write(const VideoPrediction& v) const {
+  if (!enabled()) return;
+#if defined(COMBO_WITH_MEDIA)
+  namespace fs = std::filesystem;
+  std::vector<cv::Mat> frames;
+  for (int64_t k = 0; k < v.frames.size(0); ++k) {
+    cv::Mat o = overlay_prediction(v.frames[k], v.masks[k], options_.semantic);
+    if (options_.overlays)
+      io::write_png(
+          (fs::path(options_.out_dir) / "overlays" / v.video_id / (std::to_string(k) + ".png"))
+              .string(),
+          o);
+    frames.push_back(o);
+  }
+  if (options_.videos) {
+    const std::string wav = dataset_ ? dataset_->audio_file(v.index) : std::string();
+    at::Tensor audio;
+    if (!wav.empty() && fs::exists(wav)) audio = io::load_audio_16k_mono(wav).to(at::kFloat);
+    // One frame per second, as the AVSBench frames are sampled.
+    io::VideoWriterOptions vo;
+    vo.fps = 1.0;
+    vo.audio_sample_rate = 16000;
+    io::write_video((fs::path(options_.out_dir) / "videos" / (v.video_id + ".mp4")).string(),
+                    frames, audio, vo);
+  }
+#else
+  (void)v;
+#endif
 }
 
 std::string build_commit() { return runtime_info().git_commit; }

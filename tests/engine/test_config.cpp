@@ -228,3 +228,65 @@ TEST(ConfigTest, RepositoryConfigsLoad) {
   }
   EXPECT_GT(loaded, 0);
 }
+
+TEST(ConfigTest, DataSourceAndSyntheticTaskKeys) {
+  const Config d = load_config("");
+  EXPECT_EQ(d.data.source, "files");
+  EXPECT_EQ(d.data.synthetic.train_videos, 64);
+  EXPECT_EQ(d.data.synthetic.eval_videos, 16);
+  EXPECT_EQ(d.data.synthetic.frames, 0);
+  EXPECT_EQ(d.data.synthetic.image_size, 0);
+  EXPECT_EQ(d.data.synthetic.seed, 0);
+  EXPECT_EQ(d.data.synthetic.classes, 4);
+  EXPECT_DOUBLE_EQ(d.data.synthetic.object_scale, 1.0);
+  EXPECT_EQ(d.data.synthetic.style, "textured");
+  const Config c = load_config(
+      "", {"data.source=synthetic", "data.synthetic.train_videos=8",
+           "data.synthetic.eval_videos=3", "data.synthetic.frames=4",
+           "data.synthetic.image_size=48", "data.synthetic.seed=9", "data.synthetic.classes=6",
+           "data.synthetic.object_scale=1.6", "data.synthetic.style=flat"});
+  EXPECT_EQ(c.data.source, "synthetic");
+  EXPECT_EQ(c.data.synthetic.train_videos, 8);
+  EXPECT_EQ(c.data.synthetic.eval_videos, 3);
+  EXPECT_EQ(c.data.synthetic.frames, 4);
+  EXPECT_EQ(c.data.synthetic.image_size, 48);
+  EXPECT_EQ(c.data.synthetic.seed, 9);
+  EXPECT_EQ(c.data.synthetic.classes, 6);
+  EXPECT_DOUBLE_EQ(c.data.synthetic.object_scale, 1.6);
+  EXPECT_EQ(c.data.synthetic.style, "flat");
+  EXPECT_TRUE(load_config("", {}) != c);
+  // The dump carries them (a run folder's config.yaml reproduces the data).
+  TempDir dir;
+  write(dir.file("dump.yaml"), dump_config(c));
+  EXPECT_TRUE(load_config(dir.file("dump.yaml")) == c);
+  EXPECT_HAS(error_of([] { load_config("", {"data.source=disk"}); }), "data.source");
+  EXPECT_HAS(error_of([] { load_config("", {"data.synthetic.style=cartoon"}); }),
+             "data.synthetic.style");
+  EXPECT_HAS(error_of([] { load_config("", {"data.synthetic.frames=many"}); }),
+             "data.synthetic.frames");
+  EXPECT_HAS(error_of([] { load_config("", {"data.synthetic.videos=3"}); }),
+             "data.synthetic.videos");
+}
+
+TEST(ConfigTest, SyntheticConfigsAreTheOfficialRecipesOnTheInMemoryTask) {
+  const auto dir = combo::testing::source_dir() / "configs";
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"synthetic/s4.yaml", "avs_s4/COMBO_PVTV2B5_bs8_90k.yaml"},
+      {"synthetic/ms3.yaml", "avs_ms3/COMBO_PVTV2B5_bs8_20k.yaml"},
+      {"synthetic/avss.yaml", "avss/COMBO_PVTV2B5_bs8_90k.yaml"}};
+  for (const auto& [synthetic, official] : pairs) {
+    Config s = load_config((dir / synthetic).string());
+    const Config o = load_config((dir / official).string());
+    EXPECT_EQ(s.data.source, "synthetic") << synthetic;
+    EXPECT_EQ(s.model.backbone.weights, "") << synthetic;
+    EXPECT_EQ(s.model.audio.weights, "") << synthetic;
+    EXPECT_EQ(s.model.weights, "") << synthetic;
+    // Everything else is the official recipe.
+    s.data.source = o.data.source;
+    s.model.backbone.weights = o.model.backbone.weights;
+    s.model.audio.weights = o.model.audio.weights;
+    s.output_dir = o.output_dir;
+    EXPECT_TRUE(s == o) << synthetic << " differs from " << official << " beyond the data source, "
+                        << "the weight files and output_dir";
+  }
+}

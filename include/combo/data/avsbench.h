@@ -10,15 +10,11 @@
 #include <string>
 #include <vector>
 
+#include "combo/data/dataset.h"
 #include "combo/data/sample.h"
 #include "combo/data/transforms.h"
 
 namespace combo::data {
-
-/// The subset (shared with the criterion's notion of supervised frames).
-using loss::DatasetKind;
-/// "s4" | "ms3" | "avss".
-std::string to_string(DatasetKind kind);
 
 /// Where each video's files are.
 struct VideoRecord {
@@ -33,48 +29,32 @@ struct VideoRecord {
   double start = 0.0;                 ///< S4 CSV start column
 };
 
-struct DatasetOptions {
-  DatasetKind kind = DatasetKind::kS4;
-  std::string root;  ///< dataset root, or a parent of it (see resolve_root)
-  std::string split = "train";
-  std::string audio_source = "wav";  ///< wav | pkl
-  bool load_maskige = true;          ///< read Maskiges (the Siam-Encoder needs them)
-  bool train = false;    ///< training split semantics (S4 first-frame GT, AVSS crop rules)
-  bool augment = false;  ///< apply ClipAugmentation (training)
-  AugmentOptions augment_options;
-  /// AVSS frames: auto (processed_* when present, else raw + resize rules) | processed | raw
-  std::string avss_frames = "auto";
-  int64_t image_size = 224;  ///< AVSS resize target
-  /// A video that fails to load: false = error naming the file; true = the loader skips it,
-  /// warns and counts it.
-  bool skip_bad = false;
-  /// Check that S4/MS3 ground truth holds only 0 and 255.
-  bool check_masks = true;
-  /// Ablation: replace every clip's audio by digital silence (log-mel log(0.01) everywhere), so
-  /// the model cannot use the sound. The audio files are not read.
-  bool silence_audio = false;
-};
-
 /// Finds the folder that holds `s4_data/` (S4), `ms3_data/` (MS3) or `metadata.csv` (AVSS)
 /// from `root` or its AVSBench/COMBO sub-folders. Throws combo::Error listing what was tried.
 std::string resolve_root(DatasetKind kind, const std::string& root);
 
-class AvsDataset {
+/// The AVSBench layout on disk (data.source = files). Registered by register_media_datasets().
+class AvsDataset final : public Dataset {
  public:
   explicit AvsDataset(DatasetOptions options);
-  int64_t size() const { return static_cast<int64_t>(records_.size()); }
+  int64_t size() const override { return static_cast<int64_t>(records_.size()); }
+  DatasetKind kind() const override { return options_.kind; }
   const VideoRecord& record(int64_t index) const;
   const std::vector<VideoRecord>& records() const { return records_; }
   const DatasetOptions& options() const { return options_; }
   const std::string& root() const { return root_; }
   /// AVSS class names from label2idx.json (71 for AVSBench); S4/MS3: {background, object}.
-  const std::vector<std::string>& class_names() const { return class_names_; }
+  const std::vector<std::string>& class_names() const override { return class_names_; }
   /// Videos left out while indexing because their files are broken (skip_bad), with the errors.
-  const std::vector<std::string>& index_errors() const { return index_errors_; }
+  const std::vector<std::string>& index_errors() const override { return index_errors_; }
+  bool skip_bad() const override { return options_.skip_bad; }
+  std::string video_id(int64_t index) const override { return record(index).id; }
+  std::string describe() const override { return root_; }
+  std::string audio_file(int64_t index) const override { return record(index).wav; }
 
   /// Loads one video; `rng` drives the augmentation (unused without it). Throws combo::Error
   /// naming the file (and the frame) on anything broken.
-  VideoSample load(int64_t index, Rng& rng) const;
+  VideoSample load(int64_t index, Rng& rng) const override;
 
  private:
   DatasetOptions options_;

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "combo/data/avsbench.h"
+#include "combo/data/dataset.h"
 #include "combo/data/sample.h"
 
 namespace combo::data {
@@ -57,7 +57,7 @@ struct LoaderPosition {
 
 class DataLoader {
  public:
-  DataLoader(std::shared_ptr<const AvsDataset> dataset, LoaderOptions options);
+  DataLoader(std::shared_ptr<const Dataset> dataset, LoaderOptions options);
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
@@ -83,7 +83,7 @@ class DataLoader {
   void worker_loop();
   VideoBatch load_job(const Job& job);
 
-  std::shared_ptr<const AvsDataset> dataset_;
+  std::shared_ptr<const Dataset> dataset_;
   LoaderOptions options_;
   int64_t per_epoch_ = 0;
   // Job production (under mutex_).

@@ -19,39 +19,10 @@
 #include <string>
 #include <vector>
 
+#include "combo/data/synthetic_scene.h"
+
 namespace combo::data {
 
-struct SynthOptions {
-  std::string dataset = "s4";  ///< s4 | ms3 | avss
-  std::string out;             ///< root to write (AVS_dataset-style root, see synthesize())
-  int64_t train_videos = 24;
-  int64_t val_videos = 8;
-  int64_t test_videos = 8;
-  int64_t size = 224;       ///< frame size (S4/MS3 square frames; AVSS frames are size*1.5 x size)
-  int64_t num_classes = 4;  ///< sound classes used (<= 70 for AVSS; S4 categories come from these)
-  int64_t seed = 0;
-  /// Object radius = object_scale x (0.11 .. 0.16) x the frame's shorter side. Larger objects make
-  /// an easier task (the demo uses 1.6 at 64 px, where the default objects are 7-10 px across).
-  double object_scale = 1.0;
-  /// "textured": objects drawn in two class colours with a class texture over a textured,
-  /// noisy background. "flat": each object in its one class colour over a smooth, untextured
-  /// background (an easier task: the look is the colour and the shape). The sounds, shapes,
-  /// sizes and motions are the same for the same seed in both styles (object_scale, which
-  /// changes the placements, changes the random draws after them, the sounds included).
-  std::string style = "textured";
-  bool write_raw_videos = true;  ///< raw_videos/*.mp4 with the audio track
-  /// Also write the log-mel examples the official loaders read (combo::audio front end, saved
-  /// with torch::pickle_save, which Python's torch.load and combo::io::read_log_mel_pkl read):
-  /// S4/MS3 audio_log_mel/...pkl [5,1,96,64] (last example repeated), AVSS <label>/<uid>/audio.pkl
-  /// [10,1,96,64] (zero-padded). Off by default: the readers compute them from the wavs.
-  bool write_pkl = false;
-  /// Videos rendered in parallel (0 = hardware threads). The bytes written do not depend on it:
-  /// every video draws from its own generator seeded from (seed, split, index).
-  int64_t threads = 1;
-  /// When the dataset's own folders/files under `out` already exist: false = error naming them;
-  /// true = remove them first (only the paths this generator writes, nothing else under `out`).
-  bool overwrite = false;
-};
 
 /// Summary of what was written.
 struct SynthReport {
@@ -78,20 +49,7 @@ SynthReport synthesize(const SynthOptions& options);
 // ---------------------------------------------------------------------------------------------
 // The pieces synthesize() is made of, for tests and for callers that want the content in memory.
 
-/// Audio sample rate of every synthetic wav.
-constexpr int64_t kSynthSampleRate = 16000;
-
-/// The class names: the first K of AVSBench-semantic's 70 class names in id order (so class c
-/// has AVSS id c + 1, the id it has in AVSBench's label2idx.json). K in [2, 70].
-std::vector<std::string> synth_class_names(int64_t num_classes);
-
-/// AVSS palette colour of class `index` (`get_v2_pallete`: bit-interleaved PASCAL-VOC map).
-std::array<uint8_t, 3> avss_palette_color(int64_t index);
-
-/// The fundamental frequency (Hz) of class c's sound among K classes.
-double synth_class_fundamental(int64_t class_index, int64_t num_classes);
-
-/// One object of a rendered video.
+/// One object of a rendered video (synth_scene() as OpenCV matrices).
 struct SynthObject {
   int64_t class_index = 0;  ///< 0..K-1
   bool sounding = false;
@@ -117,9 +75,5 @@ SynthVideo synth_video(const SynthOptions& options, const std::string& split, in
 /// The ground truth of a frame: S4/MS3 CV_8UC1 0/255 (union of the sounding objects); AVSS
 /// CV_8UC1 class ids (sounding object of class c -> c + 1, everything else 0).
 cv::Mat synth_ground_truth(const SynthOptions& options, const SynthVideo& video, int64_t frame);
-
-/// A RIFF/WAVE file's bytes: 16-bit PCM mono at `sample_rate` (samples clipped to [-1, 1] and
-/// rounded to the nearest of -32767..32767).
-std::string wav_bytes(const std::vector<float>& samples, int64_t sample_rate);
 
 }  // namespace combo::data

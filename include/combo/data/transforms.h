@@ -9,47 +9,12 @@
 #include <opencv2/core/mat.hpp>
 
 #include <cstdint>
-#include <random>
 #include <vector>
 
+#include "combo/data/dataset.h"
+#include "combo/data/random.h"
+
 namespace combo::data {
-
-/// The random source of the transforms: a 64-bit Mersenne Twister seeded by the loader from
-/// (seed, epoch, video index), so augmentation does not depend on the number of workers.
-using Rng = std::mt19937_64;
-
-/// Uniform double in [lo, hi) and uniform integer in [lo, hi] computed from raw Rng output with
-/// a fixed formula (std:: distributions differ between standard libraries):
-/// uniform = lo + (hi - lo) * (rng() >> 11) * 2^-53 (one draw); uniform_int = lo + x % n with
-/// n = hi - lo + 1 and x a raw draw, redrawn while x falls in the incomplete last block of
-/// 2^64 (so almost always one draw).
-double uniform(Rng& rng, double lo, double hi);
-int64_t uniform_int(Rng& rng, int64_t lo, int64_t hi);
-/// True with probability p: uniform(rng, 0, 1) < p (one draw, whatever p is; as detectron2's
-/// RandomFlip).
-bool bernoulli(Rng& rng, double p);
-
-struct AugmentOptions {
-  /// ResizeShortestEdge choices ("choice" sampling); empty = no resize.
-  std::vector<int64_t> short_sides = {112, 134, 156, 179, 201, 224, 246, 268,
-                                      291, 313, 336, 358, 380, 403, 425, 448};
-  /// The long side is capped at this (detectron2 max_size); <= 0 = no cap.
-  int64_t max_size = 896;
-  /// Absolute random crop size (square); <= 0 = no crop.
-  int64_t crop_size = 224;
-  /// Pad bottom/right to exactly this size after the crop (<= 0 = no padding);
-  /// a larger image is cropped to it (the official negative padding).
-  int64_t pad_size = 224;
-  /// Photometric jitter of frames (ColorAugSSD).
-  bool color_jitter = true;
-  /// Also jitter Maskiges (official: yes, each Maskige with its own draw).
-  bool jitter_maskige = true;
-  /// Horizontal flip probability.
-  double flip_prob = 0.5;
-  /// Padding values: images and Maskiges (before normalisation), ground truth (ignore).
-  uint8_t image_pad_value = 128;
-  uint8_t label_pad_value = 255;
-};
 
 /// One video's geometric draw.
 struct ClipGeometry {

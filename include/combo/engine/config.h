@@ -120,7 +120,28 @@ struct AugmentConfig {
 
 struct DataConfig {
   std::string dataset = "s4";  ///< s4 | ms3 | avss
-  std::string root;            ///< AVSBench root folder
+/// The in-memory synthetic task (data.source = synthetic; data/synthetic_dataset.h): the content
+/// of combo-synth (2-3 moving objects of different sound classes per video, the sound decides
+/// which one is annotated) drawn in load(), nothing read from disk, no media library needed.
+/// A video is a function of (seed, split, index) alone. No augmentation (data.augment.* is for
+/// the files source).
+struct SyntheticDataConfig {
+  int64_t train_videos = 64;  ///< videos of the train split
+  int64_t eval_videos = 16;   ///< videos of the val split and of the test split (each its own)
+  int64_t frames = 0;         ///< frames per video; 0 = the dataset's own (S4/MS3 5, AVSS 10)
+  int64_t image_size = 0;     ///< frame size; 0 = data.image_size
+  int64_t seed = 0;           ///< content seed (not runtime.seed: the data stay when that changes)
+  int64_t classes = 4;        ///< sound classes, 2..70 (combo-synth --classes)
+  /// Object size factor (combo-synth --object-scale): 1.0 = radius 0.11-0.16 of the frame side;
+  /// the demo's easier task uses 1.6 with style flat.
+  double object_scale = 1.0;
+  std::string style = "textured";  ///< textured | flat (combo-synth --style)
+};
+
+  /// Where videos come from: files (the AVSBench layout under data.root; needs a build with the
+  /// media stack, COMBO_WITH_MEDIA) | synthetic (in memory, data.synthetic.*; every build).
+  std::string source = "files";
+  std::string root;            ///< AVSBench root folder (data.source = files)
   std::string train_split = "train";
   std::string val_split = "val";
   std::string test_split = "test";
@@ -135,6 +156,7 @@ struct DataConfig {
   AugmentConfig augment;
 };
 
+  SyntheticDataConfig synthetic;
 struct ClipGradientsConfig {
   bool enabled = true;
   std::string type = "full_model";  ///< full_model | norm | value

@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "combo/data/avsbench.h"
+#include "combo/data/dataset.h"
 #include "combo/data/loader.h"
 #include "combo/engine/config.h"
 
@@ -23,8 +23,13 @@ data::LoaderOptions train_loader_options(const Config& config, int64_t rank = 0,
 data::LoaderOptions eval_loader_options(const Config& config, int64_t rank = 0,
                                         int64_t world_size = 1);
 
-/// Builds the dataset of `split` (shared by loaders).
-std::shared_ptr<const data::AvsDataset> build_dataset(const Config& config,
-                                                      const std::string& split, bool train);
+/// Builds the dataset of `split` (shared by loaders) from data.source: "files" (AVSBench on
+/// disk, builds with the media stack) or "synthetic" (in memory, every build). In media builds
+/// the first call registers the on-disk readers (data::register_media_datasets).
+std::shared_ptr<const data::Dataset> build_dataset(const Config& config, const std::string& split,
+                                                   bool train);
+
+/// True when this build has the media stack (COMBO_WITH_MEDIA): on-disk datasets, overlays.
+bool has_media_stack();
 
 }  // namespace combo::engine
