@@ -42,32 +42,7 @@ VideoBatch collate(std::vector<VideoSample> samples) {
 }
 
 BatchTargets make_targets(const VideoBatch& batch, loss::DatasetKind kind, bool train) {
-  BatchTargets out;
-  out.layout.frames_per_video = batch.inputs.frames_per_video;
-  if (train && kind == loss::DatasetKind::kS4) {
-    // The official S4 training split registers one ground truth per video: the first frame.
-    out.layout.supervised_rows = loss::supervised_rows(kind, out.layout.frames_per_video);
-  } else {
-    // Every frame whose ground truth exists (MS3: all; AVSS: the gt flags; S4 val/test: all).
-    const auto flags = batch.has_gt.cpu();
-    const auto* f = flags.data_ptr<bool>();
-    for (int64_t i = 0; i < flags.numel(); ++i)
-      if (f[i]) out.layout.supervised_rows.push_back(i);
-  }
-  for (int64_t row : out.layout.supervised_rows) {
-    const at::Tensor map = batch.labels[row];
-    COMBO_CHECK(batch.has_gt[row].item<bool>(), "make_targets: frame ", row,
-                " of the batch (video ", batch.video_ids.empty() ? "?" : batch.video_ids.front(),
-                "...) has no ground truth");
-    // One target per distinct label value, background included, ignore (255) excluded.
-    at::Tensor values = std::get<0>(at::_unique(map.flatten(), /*sorted=*/true));
-    values = values.masked_select(values != 255);
-    loss::FrameTarget t;
-    t.labels = values.to(at::kLong);
-    t.masks = map.unsqueeze(0) == values.view({-1, 1, 1});
-    out.targets.push_back(std::move(t));
-  }
-  return out;
+  return loss::make_targets(batch.labels, batch.has_gt, batch.inputs.frames_per_video, kind, train);
 }
 
 VideoBatch to_device(const VideoBatch& batch, const at::Device& device) {

@@ -84,6 +84,53 @@ std::vector<int64_t> supervised_rows(DatasetKind kind, const std::vector<int64_t
   return rows;
 }
 
+BatchTargets make_targets(const at::Tensor& labels, const at::Tensor& has_gt,
+                          const std::vector<int64_t>& frames_per_video, DatasetKind kind,
+                          bool train) {
+  COMBO_CHECK(labels.defined() && labels.dim() == 3, "make_targets: expected label maps [N, H, W],",
+              " got ", labels.defined() ? labels.sizes() : at::IntArrayRef{});
+  const int64_t n = labels.size(0);
+  COMBO_CHECK(has_gt.defined() && has_gt.dim() == 1 && has_gt.size(0) == n,
+              "make_targets: expected gt flags [", n, "], got ",
+              has_gt.defined() ? has_gt.sizes() : at::IntArrayRef{});
+  BatchTargets out;
+  out.layout.frames_per_video = frames_per_video;
+  const auto flags = has_gt.to(at::kCPU, at::kBool).contiguous();
+  const bool* f = flags.data_ptr<bool>();
+  if (train && kind == DatasetKind::kS4) {
+    // The official S4 training split registers one ground truth per video: the first frame.
+    out.layout.supervised_rows = supervised_rows(kind, frames_per_video);
+  } else {
+    // Every frame whose ground truth exists (MS3: all; AVSS: the gt flags; S4 val/test: all).
+    for (int64_t i = 0; i < n; ++i)
+      if (f[i]) out.layout.supervised_rows.push_back(i);
+  }
+  for (int64_t row : out.layout.supervised_rows) {
+    COMBO_CHECK(row < n && f[row], "make_targets: frame ", row, " of the batch has no ground truth");
+    const at::Tensor map = labels[row];
+    // One target per distinct label value, background included, ignore (255) excluded.
+    at::Tensor values = std::get<0>(at::_unique(map.flatten(), /*sorted=*/true));
+    values = values.masked_select(values != 255);
+    FrameTarget t;
+    t.labels = values.to(at::kLong);
+    t.masks = map.unsqueeze(0) == values.view({-1, 1, 1});
+    out.targets.push_back(std::move(t));
+  }
+  return out;
+}
+
+at::Tensor pad_target_masks(const at::Tensor& masks, int64_t height, int64_t width) {
+  COMBO_CHECK(masks.defined() && masks.dim() == 3, "pad_target_masks: expected masks [K, H, W], ",
+              "got ", masks.defined() ? masks.sizes() : at::IntArrayRef{});
+  COMBO_CHECK(masks.size(1) <= height && masks.size(2) <= width, "pad_target_masks: target masks ",
+              "of ", masks.size(1), "x", masks.size(2), " do not fit the padded image of ", height,
+              "x", width, " the predictions cover");
+  auto m = masks.to(at::kFloat);
+  if (m.size(1) == height && m.size(2) == width) return m;
+  // prepare_targets: padded_masks = zeros(K, h_pad, w_pad); padded_masks[:, :h, :w] = gt_masks.
+  return at::constant_pad_nd(m, {0, width - m.size(2), 0, height - m.size(1)}, 0.0);
+}
+
 SetCriterionImpl::SetCriterionImpl(SetCriterionOptions options_)
     : options(std::move(options_)),
       matcher_(HungarianMatcherOptions()
@@ -239,9 +286,14 @@ TensorDict SetCriterionImpl::forward(const ModelOutputs& outputs,
                 "SetCriterion: supervised rows must be ascending in [0, ", n, "), got ", rows[k],
                 " at position ", k);
   }
+  COMBO_CHECK(outputs.image_height > 0 && outputs.image_width > 0,
+              "SetCriterion: the outputs do not say which padded image size their masks cover ",
+              "(ModelOutputs image_height/image_width, set by model::criterion_inputs), got ",
+              outputs.image_height, "x", outputs.image_width);
   const auto device = outputs.pred_logits.device();
 
-  // Targets as float masks on the predictions' device, converted once for all predictions.
+  // Targets as float masks on the predictions' device, zero-padded to the padded image size the
+  // predictions cover (official prepare_targets), once for all predictions.
   std::vector<FrameTarget> frame_targets;
   std::vector<at::Tensor> target_masks;
   double local_masks = 0.0;
@@ -252,7 +304,9 @@ TensorDict SetCriterionImpl::forward(const ModelOutputs& outputs,
                 "SetCriterion: target of frame ", rows[k], " must have labels [K] and masks ",
                 "[K, H, W], got ", t.labels.defined() ? t.labels.sizes() : at::IntArrayRef{},
                 " and ", t.masks.defined() ? t.masks.sizes() : at::IntArrayRef{});
-    FrameTarget ft{t.labels.to(device, at::kLong), t.masks.to(device, at::kFloat)};
+    FrameTarget ft{
+        t.labels.to(device, at::kLong),
+        pad_target_masks(t.masks.to(device), outputs.image_height, outputs.image_width)};
     target_masks.push_back(ft.masks);
     frame_targets.push_back(std::move(ft));
     local_masks += static_cast<double>(t.labels.size(0));

@@ -308,6 +308,8 @@ loss::ModelOutputs criterion_inputs(const ComboOutputs& outputs) {
   o.pred_masks = d.pred_masks;
   for (const auto& a : d.aux_outputs) o.aux.emplace_back(a.pred_logits, a.pred_masks);
   o.middles = d.middles_attn_mask;
+  o.image_height = outputs.padded_height;
+  o.image_width = outputs.padded_width;
   return o;
 }
 

@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <set>
+#include <tuple>
 
 #include "combo/core/check.h"
 #include "combo/core/env.h"
@@ -47,6 +50,9 @@ ModelOutputs random_outputs(int64_t n, int64_t q, int64_t classes, int64_t h, in
     o.aux.emplace_back(make({n, q, classes + 1}, 1.0), make({n, q, h, w}, 3.0));
     o.middles.push_back(make({n, q, h * w}, 3.0));
   }
+  // The model's masks are at a quarter of the padded image size they cover.
+  o.image_height = 4 * h;
+  o.image_width = 4 * w;
   return o;
 }
 
@@ -193,6 +199,7 @@ TEST_F(CriterionTest, HandComputedSinglePixelTarget) {
   ModelOutputs out;
   out.pred_logits = torch::tensor({{{0.f, 5.f, 0.f}, {0.f, 0.f, 5.f}}});  // q0 -> class 1
   out.pred_masks = torch::stack({torch::full({2, 2}, 2.f), torch::full({2, 2}, -1.f)}).unsqueeze(0);
+  out.image_height = out.image_width = 4;  // the 2x2 prediction covers the 4x4 image
   // Points (x, y): the object pixel centre (t = 1), the centre of pixel (3, 0) near the corner
   // (t = 0, the 2x2 prediction sees zero padding: 0.75 * 0.75 of the logit), and the edge
   // between pixels (1, 2) and (1, 3) (t = 0.5).
@@ -232,6 +239,7 @@ TEST_F(CriterionTest, PerfectPredictionCostsAlmostNothing) {
   out.pred_logits = torch::zeros({2, Q, C + 1});
   out.pred_logits.select(2, C).fill_(20);  // every query says no-object ...
   out.pred_masks = torch::full({2, Q, 8, 8}, -20.f);
+  out.image_height = out.image_width = 32;
   for (int64_t s = 0; s < 2; ++s) {
     // One object block away from the image border per frame, class 0 = background.
     auto small = torch::zeros({8, 8}, torch::kLong);
@@ -475,31 +483,283 @@ TEST_F(CriterionTest, BatchesOfDifferentCompositionInSequence) {
   }
 }
 
-TEST_F(CriterionTest, TargetsOfDifferentSizesArePaddedLikeTheOfficialCode) {
+TEST_F(CriterionTest, TargetsArePaddedToTheImageCanvasBeforeMatching) {
+  // prepare_targets pads every target to the padded image size before the matcher runs: targets
+  // handed over at their own size and targets padded by hand give the same matches and losses.
   const int64_t C = 2;
-  auto outputs = random_outputs(2, 4, C, 6, 6, 0);
-  auto small = random_target(C, 16, 24);
+  auto outputs = random_outputs(2, 4, C, 6, 6, 1);  // masks cover a 24x24 canvas
+  auto small = random_target(C, 16, 20);
   auto big = random_target(C, 24, 24);
   auto padded = small;
-  padded.masks = torch::constant_pad_nd(small.masks.to(torch::kFloat), {0, 0, 0, 8}, 0);
+  padded.masks = torch::zeros({small.masks.size(0), 24, 24});
+  padded.masks.narrow(1, 0, 16).narrow(2, 0, 20).copy_(small.masks);
+  EXPECT_TENSOR_EQ(combo::loss::pad_target_masks(small.masks, 24, 24), padded.masks);
   auto opts = small_options(C, 30).consistency(ConsistencyOptions().type(ConsistencyType::kNone));
+  const BatchLayout layout{{1, 1}, {0, 1}};
   RecordingPointSource recorder(std::make_shared<RandomPointSource>());
   SetCriterion criterion(opts);
-  auto a = criterion->forward(outputs, {small, big}, BatchLayout{{1, 1}, {0, 1}}, &recorder);
-  // The matcher samples each frame's own mask, so only loss_masks sees the padding: replaying
-  // with a pre-padded first target changes the matcher costs but we keep its matching by
-  // comparing the mask losses for the same matches.
   std::vector<std::vector<MatchIndices>> m1, m2;
-  ReplayPointSource r1(recorder.matcher_coords(), recorder.mask_loss_coords());
-  criterion->forward(outputs, {small, big}, BatchLayout{{1, 1}, {0, 1}}, &r1, &m1);
+  auto a = criterion->forward(outputs, {small, big}, layout, &recorder, &m1);
+  ReplayPointSource replay(recorder.matcher_coords(), recorder.mask_loss_coords());
+  auto b = criterion->forward(outputs, {padded, big}, layout, &replay, &m2);
+  for (const auto& [k, v] : a) EXPECT_TENSOR_EQ(v, b.at(k)) << k;
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) {
+    for (size_t s = 0; s < m1[i].size(); ++s) {
+      EXPECT_TENSOR_EQ(m1[i][s].queries, m2[i][s].queries);
+      EXPECT_TENSOR_EQ(m1[i][s].targets, m2[i][s].targets);
+    }
+  }
+  // loss_masks alone still pads to the largest target (nested_tensor_from_tensor_list).
   ReplayPointSource r2(recorder.matcher_coords(), recorder.mask_loss_coords());
-  auto ms = outputs.pred_masks;
-  auto [bce1, dice1] = criterion->loss_masks(ms, {small.masks, big.masks}, m1[0], 4.0, r2);
+  auto [bce1, dice1] =
+      criterion->loss_masks(outputs.pred_masks, {small.masks, big.masks}, m1[0], 4.0, r2);
   ReplayPointSource r3(recorder.matcher_coords(), recorder.mask_loss_coords());
-  auto [bce2, dice2] = criterion->loss_masks(ms, {padded.masks, big.masks}, m1[0], 4.0, r3);
+  auto [bce2, dice2] =
+      criterion->loss_masks(outputs.pred_masks, {padded.masks, big.masks}, m1[0], 4.0, r3);
   EXPECT_EQ(bce1.item<double>(), bce2.item<double>());
   EXPECT_EQ(dice1.item<double>(), dice2.item<double>());
-  EXPECT_TRUE(std::isfinite(a["loss_mask"].item<double>()));
+  // A target larger than the canvas, and outputs that do not say their canvas, are errors.
+  EXPECT_THROW(criterion->forward(outputs, {random_target(C, 28, 24), big}, layout), combo::Error);
+  auto unknown = outputs;
+  unknown.image_height = unknown.image_width = 0;
+  EXPECT_THROW(criterion->forward(unknown, {small, big}, layout), combo::Error);
+}
+
+namespace {
+
+// grid_sample(align_corners = False, zero padding) at coordinates 2p - 1, written out corner by
+// corner: maps [R, h, w] (float64, may require grad), coords [P, 2] (x, y) in [0, 1] -> [R, P].
+at::Tensor bilinear_reference(const at::Tensor& maps, const at::Tensor& coords) {
+  const int64_t h = maps.size(1), w = maps.size(2), p = coords.size(0);
+  auto c = coords.to(torch::kFloat64).contiguous();
+  auto ca = c.accessor<double, 2>();
+  auto index = torch::zeros({p, 4}, torch::kLong);
+  auto weight = torch::zeros({p, 4}, torch::kFloat64);
+  auto ia = index.accessor<int64_t, 2>();
+  auto wa = weight.accessor<double, 2>();
+  for (int64_t i = 0; i < p; ++i) {
+    const double px = ca[i][0] * w - 0.5, py = ca[i][1] * h - 0.5;
+    const double x0 = std::floor(px), y0 = std::floor(py);
+    for (int corner = 0; corner < 4; ++corner) {
+      const int dx = corner % 2, dy = corner / 2;
+      const auto xx = static_cast<int64_t>(x0) + dx, yy = static_cast<int64_t>(y0) + dy;
+      if (xx < 0 || yy < 0 || xx >= w || yy >= h) continue;  // zero padding
+      ia[i][corner] = yy * w + xx;
+      wa[i][corner] = (dx ? px - x0 : 1 - (px - x0)) * (dy ? py - y0 : 1 - (py - y0));
+    }
+  }
+  const int64_t r = maps.size(0);
+  return (maps.reshape({r, h * w}).index_select(1, index.flatten()).view({r, p, 4}) * weight)
+      .sum(-1);
+}
+
+// One frame's ground truth the way the official pipeline builds it: a mask per label present
+// (ascending, 255 excluded) on the padded canvas, zero outside the frame (prepare_targets).
+struct ReferenceTarget {
+  std::vector<int64_t> labels;
+  at::Tensor masks;  // float64 [K, canvas_h, canvas_w]
+};
+ReferenceTarget reference_target(const at::Tensor& map, int64_t canvas_h, int64_t canvas_w) {
+  const int64_t h = map.size(0), w = map.size(1);
+  auto m = map.contiguous();
+  const int64_t* v = m.data_ptr<int64_t>();
+  std::set<int64_t> present(v, v + h * w);
+  present.erase(255);
+  ReferenceTarget t;
+  t.labels.assign(present.begin(), present.end());
+  t.masks = torch::zeros({static_cast<int64_t>(t.labels.size()), canvas_h, canvas_w},
+                         torch::kFloat64);
+  auto a = t.masks.accessor<double, 3>();
+  for (size_t k = 0; k < t.labels.size(); ++k)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x) a[k][y][x] = v[y * w + x] == t.labels[k] ? 1.0 : 0.0;
+  return t;
+}
+
+// The query of each target minimising the total cost (exhaustive: K <= Q small).
+std::vector<int64_t> exhaustive_assignment(const at::Tensor& cost) {
+  const int64_t q = cost.size(0), k = cost.size(1);
+  auto c = cost.accessor<double, 2>();
+  std::vector<int64_t> best, current;
+  std::vector<bool> used(q, false);
+  double best_cost = std::numeric_limits<double>::infinity();
+  std::function<void(int64_t, double)> search = [&](int64_t j, double sum) {
+    if (j == k) {
+      if (sum < best_cost) best_cost = sum, best = current;
+      return;
+    }
+    for (int64_t i = 0; i < q; ++i) {
+      if (used[i]) continue;
+      used[i] = true;
+      current.push_back(i);
+      search(j + 1, sum + c[i][j]);
+      current.pop_back();
+      used[i] = false;
+    }
+  };
+  search(0, 0.0);
+  return best;
+}
+
+at::Tensor bce_reference(const at::Tensor& x, const at::Tensor& t) {
+  return torch::clamp_min(x, 0) - x * t + torch::log1p(torch::exp(-x.abs()));
+}
+at::Tensor dice_reference(const at::Tensor& x, const at::Tensor& t) {  // rows of [R, P]
+  auto s = torch::sigmoid(x);
+  return 1 - (2 * (s * t).sum(-1) + 1) / (s.sum(-1) + t.sum(-1) + 1);
+}
+
+}  // namespace
+
+// Frames that need padding in height and width (odd, non-square; one frame background-only,
+// one without ground truth): the trainer's targets (make_targets on the label maps, the
+// criterion's padding to the outputs' canvas) give the matches, losses and gradients of an
+// independent float64 computation that pads the targets as the official prepare_targets and
+// samples predictions and targets on the same canvas.
+TEST_F(CriterionTest, PaddedFramesMatchAnIndependentPrepareTargets) {
+  const int64_t C = 3, Q = 5, P = 97, divisibility = 32;
+  for (const auto& [height, width] : std::vector<std::pair<int64_t, int64_t>>{{45, 71}, {70, 37}}) {
+    SCOPED_TRACE(std::to_string(height) + "x" + std::to_string(width));
+    const int64_t canvas_h = (height + divisibility - 1) / divisibility * divisibility;
+    const int64_t canvas_w = (width + divisibility - 1) / divisibility * divisibility;
+    const std::vector<int64_t> fpv{2, 2};
+    const int64_t n = 4;
+    // Label maps as the mappers give them: blocks of 5x7 pixels touching the bottom/right border,
+    // an ignored (255) strip in frame 0, frame 1 background only, frame 2 without ground truth.
+    auto blocks = [&] {
+      return torch::randint(0, C, {(height + 4) / 5, (width + 6) / 7}, torch::kLong)
+          .repeat_interleave(5, 0)
+          .repeat_interleave(7, 1)
+          .narrow(0, 0, height)
+          .narrow(1, 0, width);
+    };
+    auto labels = torch::stack({blocks(), torch::zeros({height, width}, torch::kLong),
+                                torch::full({height, width}, 255, torch::kLong), blocks()})
+                      .contiguous();
+    labels[0].narrow(1, width - 3, 3).fill_(255);
+    const auto has_gt = torch::tensor({true, true, false, true});
+    const auto batch =
+        combo::loss::make_targets(labels, has_gt, fpv, DatasetKind::kAVSS, /*train=*/true);
+    ASSERT_EQ(batch.layout.supervised_rows, (Rows{0, 1, 3}));
+    ASSERT_EQ(batch.targets[1].labels.numel(), 1);  // background only
+
+    auto outputs = random_outputs(n, Q, C, canvas_h / 4, canvas_w / 4, 1, /*requires_grad=*/true);
+    ASSERT_EQ(outputs.image_height, canvas_h);
+    ASSERT_EQ(outputs.image_width, canvas_w);
+    // Point sets: one uniform set per supervised frame for the matcher, then one set per matched
+    // mask for the mask losses, for the final and the aux prediction.
+    std::vector<ReferenceTarget> ref_targets;
+    int64_t total_masks = 0;
+    for (int64_t row : batch.layout.supervised_rows) {
+      ref_targets.push_back(reference_target(labels[row], canvas_h, canvas_w));
+      total_masks += static_cast<int64_t>(ref_targets.back().labels.size());
+    }
+    const int64_t S = static_cast<int64_t>(ref_targets.size());
+    std::vector<at::Tensor> matcher_coords, mask_coords;
+    for (int pred = 0; pred < 2; ++pred) {
+      for (int64_t s = 0; s < S; ++s) matcher_coords.push_back(torch::rand({1, P, 2}));
+      mask_coords.push_back(torch::rand({total_masks, P, 2}));
+    }
+    ReplayPointSource replay(matcher_coords, mask_coords);
+    SetCriterion criterion(small_options(C, P).consistency(
+        ConsistencyOptions().type(ConsistencyType::kNone)));
+    std::vector<std::vector<MatchIndices>> matches;
+    auto losses = criterion->forward(outputs, batch.targets, batch.layout, &replay, &matches);
+    at::Tensor total = torch::zeros({});
+    for (const auto& [k, v] : losses) total = total + v;
+    total.backward();
+
+    // The same pixel through the canvas: at every canvas pixel centre, the padded target reads
+    // the label map (0 outside the frame), the prediction its own value.
+    {
+      auto cy = (torch::arange(canvas_h, torch::kFloat32) + 0.5) / canvas_h;
+      auto cx = (torch::arange(canvas_w, torch::kFloat32) + 0.5) / canvas_w;
+      auto grid = torch::stack(torch::meshgrid({cx, cy}, "xy"), -1).view({1, -1, 2});
+      const auto& t = batch.targets[0];
+      auto sampled = combo::loss::point_sample(
+          combo::loss::pad_target_masks(t.masks, canvas_h, canvas_w).unsqueeze(1), grid.expand(
+              {t.masks.size(0), grid.size(1), 2}));
+      EXPECT_TENSOR_NEAR_ABS(ref_targets[0].masks.to(torch::kFloat),
+                             sampled.squeeze(1).view({-1, canvas_h, canvas_w}), 1e-5);
+    }
+
+    const double num_masks = static_cast<double>(total_masks);
+    size_t matcher_set = 0;
+    for (int pred = 0; pred < 2; ++pred) {
+      SCOPED_TRACE(pred == 0 ? "final prediction" : "aux prediction 0");
+      const auto& L = pred == 0 ? outputs.pred_logits : outputs.aux[0].first;
+      const auto& M = pred == 0 ? outputs.pred_masks : outputs.aux[0].second;
+      auto logits = L.detach().to(torch::kFloat64).requires_grad_(true);
+      auto masks = M.detach().to(torch::kFloat64).requires_grad_(true);
+      // Matching, frame by frame.
+      std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(S);  // (query, target)
+      for (int64_t s = 0; s < S; ++s) {
+        torch::NoGradGuard no_grad;
+        const int64_t row = batch.layout.supervised_rows[s];
+        const auto& rt = ref_targets[s];
+        auto coords = matcher_coords[matcher_set++][0];
+        auto x = bilinear_reference(masks[row], coords);    // [Q, P]
+        auto t = bilinear_reference(rt.masks, coords);      // [K, P]
+        auto prob = torch::softmax(logits[row], -1);
+        const int64_t K = static_cast<int64_t>(rt.labels.size());
+        auto cost = torch::zeros({Q, K}, torch::kFloat64);
+        for (int64_t q = 0; q < Q; ++q) {
+          for (int64_t k = 0; k < K; ++k) {
+            cost[q][k] = 5 * bce_reference(x[q], t[k]).mean() - 2 * prob[q][rt.labels[k]] +
+                         5 * dice_reference(x[q].unsqueeze(0), t[k].unsqueeze(0))[0];
+          }
+        }
+        auto assignment = exhaustive_assignment(cost);
+        for (int64_t k = 0; k < K; ++k) pairs[s].emplace_back(assignment[k], k);
+        std::sort(pairs[s].begin(), pairs[s].end());
+        ASSERT_EQ(matches[pred][s].queries.numel(), K);
+        for (int64_t j = 0; j < K; ++j) {
+          EXPECT_EQ(matches[pred][s].queries[j].item<int64_t>(), pairs[s][j].first) << s;
+          EXPECT_EQ(matches[pred][s].targets[j].item<int64_t>(), pairs[s][j].second) << s;
+        }
+      }
+      // Cross-entropy over every query of the supervised frames (no-object weight 0.1).
+      at::Tensor nll_sum = torch::zeros({}, torch::kFloat64), w_sum = nll_sum.clone();
+      at::Tensor bce_sum = nll_sum.clone(), dice_sum = nll_sum.clone();
+      int64_t m = 0;
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t row = batch.layout.supervised_rows[s];
+        auto logp = torch::log_softmax(logits[row], -1);
+        std::vector<int64_t> cls(Q, C);
+        for (auto [q, k] : pairs[s]) cls[q] = ref_targets[s].labels[k];
+        for (int64_t q = 0; q < Q; ++q) {
+          const double w = cls[q] == C ? 0.1 : 1.0;
+          nll_sum = nll_sum - w * logp[q][cls[q]];
+          w_sum = w_sum + w;
+        }
+        for (auto [q, k] : pairs[s]) {
+          auto coords = mask_coords[pred][m++];
+          auto x = bilinear_reference(masks[row][q].unsqueeze(0), coords);
+          auto t = bilinear_reference(ref_targets[s].masks[k].unsqueeze(0), coords);
+          bce_sum = bce_sum + bce_reference(x, t).mean();
+          dice_sum = dice_sum + dice_reference(x, t).sum();
+        }
+      }
+      const std::string sfx = pred == 0 ? "" : "_0";
+      auto ce = 2 * nll_sum / w_sum, bce = 5 * bce_sum / num_masks, dice = 5 * dice_sum / num_masks;
+      for (const auto& [name, ref] : std::vector<std::pair<std::string, at::Tensor>>{
+               {"loss_ce", ce}, {"loss_mask", bce}, {"loss_dice", dice}}) {
+        const double r = ref.item<double>(), got = losses.at(name + sfx).item<double>();
+        EXPECT_NEAR(got, r, 1e-5 * std::max(1.0, std::abs(r))) << name + sfx;
+      }
+      (ce + bce + dice).backward();
+      for (const auto& [name, ref, got] :
+           std::vector<std::tuple<std::string, at::Tensor, at::Tensor>>{
+               {"logits", logits.grad(), L.grad()}, {"masks", masks.grad(), M.grad()}}) {
+        const double scale = ref.abs().max().item<double>();
+        ASSERT_GT(scale, 0.0) << name;
+        const double diff = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
+        EXPECT_LT(diff, 1e-5 * scale) << name << " gradient: max |diff| " << diff << " of "
+                                      << scale;
+      }
+    }
+  }
 }
 
 TEST_F(CriterionTest, StaysInFloat32UnderAutocast) {
@@ -548,14 +808,19 @@ TEST(CriterionParity, FixturePointSetsFitTheConsumptionOrder) {
   const int64_t queries = qf.at("a").toTensor().size(0) * qf.at("b").toTensor().size(0);
   const int64_t points = fx.integer("info/train_num_points");
 
-  std::vector<FrameTarget> targets;
-  int64_t total_masks = 0;
+  // The trainer's targets: the S4 mapper's label maps (frame 0 annotated, the others ignored).
+  auto labels = torch::full({videos, frames, height, width}, 255, torch::kLong);
+  auto has_gt = torch::zeros({videos, frames}, torch::kBool);
   for (int64_t v = 0; v < videos; ++v) {
-    auto map = gt[v][0].to(torch::kLong);
-    auto labels = std::get<0>(at::_unique(map.flatten(), /*sorted=*/true));
-    targets.push_back({labels, map.unsqueeze(0) == labels.view({-1, 1, 1})});
-    total_masks += labels.size(0);
+    labels[v][0].copy_(gt[v][0]);
+    has_gt[v][0] = true;
   }
+  std::vector<int64_t> fpv(videos, frames);
+  const auto batch = combo::loss::make_targets(labels.flatten(0, 1), has_gt.flatten(), fpv,
+                                               DatasetKind::kS4, /*train=*/true);
+  const auto& targets = batch.targets;
+  int64_t total_masks = 0;
+  for (const auto& t : targets) total_masks += t.labels.size(0);
   std::vector<at::Tensor> matcher_coords, mask_coords;
   for (const auto& v : fx.value("train/matcher_coords").toList())
     matcher_coords.push_back(v.get().toTensor());
@@ -565,9 +830,11 @@ TEST(CriterionParity, FixturePointSetsFitTheConsumptionOrder) {
 
   SetCriterion criterion(SetCriterionOptions(classes).num_points(points));
   EXPECT_TENSOR_NEAR_ABS(empty_weight, criterion->empty_weight, 0);
-  std::vector<int64_t> fpv(videos, frames);
-  BatchLayout layout{fpv, supervised_rows(DatasetKind::kS4, fpv)};
-  auto outputs = random_outputs(videos * frames, queries, classes, height / 4, width / 4);
+  const BatchLayout& layout = batch.layout;
+  EXPECT_EQ(layout.supervised_rows, supervised_rows(DatasetKind::kS4, fpv));
+  // Masks at a quarter of the image padded to SIZE_DIVISIBILITY = 32 (COMBO_SPEC 1.2 step 2).
+  const int64_t padded_h = (height + 31) / 32 * 32, padded_w = (width + 31) / 32 * 32;
+  auto outputs = random_outputs(videos * frames, queries, classes, padded_h / 4, padded_w / 4);
   std::vector<std::vector<MatchIndices>> matches;
   auto losses = criterion->forward(outputs, targets, layout, &replay, &matches);
   EXPECT_EQ(replay.matcher_remaining(), 0u);

@@ -454,18 +454,20 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
   in.log_mel = fx.tensor("inputs/audio_log_mel").flatten(0, 1);
   in.frames_per_video.assign(videos, frames);
 
-  // Targets as the official S4 mapper builds them: one per label present in frame 0.
-  const auto gt = fx.tensor("inputs/gt_sem_seg");
-  std::vector<combo::loss::FrameTarget> targets;
+  // Targets through the trainer's path: the S4 mapper's label maps (frame 0 of each video
+  // annotated, the other frames ignored), make_targets, and the criterion's padding of every
+  // target to the padded image size of the outputs (official prepare_targets).
+  const auto gt = fx.tensor("inputs/gt_sem_seg");  // [B, 1, H, W]
+  auto labels = torch::full({videos, frames, images.size(3), images.size(4)}, 255, torch::kLong);
+  auto has_gt = torch::zeros({videos, frames}, torch::kBool);
   for (int64_t v = 0; v < videos; ++v) {
-    auto map = gt[v][0].to(torch::kLong);
-    auto labels = std::get<0>(at::_unique(map, /*sorted=*/true));
-    targets.push_back({labels, map.unsqueeze(0) == labels.view({-1, 1, 1})});
+    labels[v][0].copy_(gt[v][0]);
+    has_gt[v][0] = true;
   }
-  combo::loss::BatchLayout layout;
-  layout.frames_per_video = in.frames_per_video;
-  layout.supervised_rows =
-      combo::loss::supervised_rows(combo::loss::DatasetKind::kS4, in.frames_per_video);
+  const auto batch = combo::loss::make_targets(labels.flatten(0, 1), has_gt.flatten(),
+                                               in.frames_per_video, combo::loss::DatasetKind::kS4);
+  const auto& targets = batch.targets;
+  const auto& layout = batch.layout;
   std::vector<at::Tensor> matcher_coords, mask_coords;
   for (const auto& t : fx.value("train/matcher_coords").toListRef())
     matcher_coords.push_back(t.toTensor());
@@ -477,6 +479,8 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
       combo::loss::SetCriterionOptions(classes).num_points(fx.integer("info/train_num_points")));
 
   auto out = model->forward(in);
+  std::cout << "frames " << out.input_height << "x" << out.input_width << ", padded to "
+            << out.padded_height << "x" << out.padded_width << std::endl;
   std::vector<std::vector<combo::loss::MatchIndices>> matches;
   auto losses =
       criterion->forward(combo::model::criterion_inputs(out), targets, layout, &points, &matches);
@@ -507,6 +511,77 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
   for (const auto& [name, ref] : fx.tensors("train/param_grads")) {
     ASSERT_TRUE(params.count(name)) << name;
     EXPECT_TENSOR_NEAR_REL(ref, params.at(name).grad(), 1e-3) << name;
+  }
+}
+
+// Frames that need padding in both dimensions (45x71 -> 64x96): the trainer's targets
+// (make_targets at the frames' size, criterion_inputs of the outputs) train exactly as targets
+// zero-padded by hand to the padded image size (official prepare_targets): same matches,
+// losses and parameter gradients.
+TEST_F(ComboModelTest, TrainingTargetsArePaddedToThePaddedImageSize) {
+  const int64_t height = 45, width = 71, videos = 2, frames = 2, n = videos * frames;
+  ComboModel model(tiny().drop_path_rate(0.0).fusion_dropout(0.0));
+  model->train();
+  ComboInputs in;
+  in.images = torch::randint(0, 256, {n, 3, height, width}, torch::kUInt8);
+  in.maskiges = torch::randint(0, 256, {n, 3, height, width}, torch::kUInt8);
+  in.log_mel = torch::randn({n, 1, 96, 64});
+  in.frames_per_video.assign(videos, frames);
+  auto labels = torch::randint(0, 2, {n, height / 5 + 1, width / 5 + 1}, torch::kLong)
+                    .repeat_interleave(5, 1)
+                    .repeat_interleave(5, 2)
+                    .narrow(1, 0, height)
+                    .narrow(2, 0, width)
+                    .contiguous();
+  labels[1].fill_(0);  // background only
+  auto has_gt = torch::ones({n}, torch::kBool);
+  const auto batch = combo::loss::make_targets(labels, has_gt, in.frames_per_video,
+                                               combo::loss::DatasetKind::kMS3);
+  std::vector<combo::loss::FrameTarget> by_hand;
+  for (const auto& t : batch.targets) {
+    auto padded = torch::zeros({t.masks.size(0), 64, 96});
+    padded.narrow(1, 0, height).narrow(2, 0, width).copy_(t.masks);
+    by_hand.push_back({t.labels, padded});
+  }
+
+  auto out = model->forward(in);
+  EXPECT_EQ(out.padded_height, 64);
+  EXPECT_EQ(out.padded_width, 96);
+  const auto outputs = combo::model::criterion_inputs(out);
+  EXPECT_EQ(outputs.image_height, 64);
+  EXPECT_EQ(outputs.image_width, 96);
+  EXPECT_EQ(outputs.pred_masks.size(2) * 4, 64);
+  combo::loss::SetCriterion criterion(combo::loss::SetCriterionOptions(2).num_points(300).consistency(
+      combo::loss::ConsistencyOptions().grouping(combo::loss::ConsistencyGrouping::kPerVideo)));
+  combo::loss::RecordingPointSource recorder(std::make_shared<combo::loss::RandomPointSource>());
+  std::vector<std::vector<combo::loss::MatchIndices>> m1, m2;
+  auto a = criterion->forward(outputs, batch.targets, batch.layout, &recorder, &m1);
+  combo::loss::ReplayPointSource replay(recorder.matcher_coords(), recorder.mask_loss_coords());
+  auto b = criterion->forward(outputs, by_hand, batch.layout, &replay, &m2);
+  ASSERT_EQ(a.size(), b.size());
+  at::Tensor total_a = torch::zeros({}), total_b = torch::zeros({});
+  for (const auto& [k, v] : a) {
+    EXPECT_TENSOR_EQ(v, b.at(k)) << k;
+    total_a = total_a + v;
+    total_b = total_b + b.at(k);
+  }
+  ASSERT_EQ(m1.size(), m2.size());
+  for (size_t i = 0; i < m1.size(); ++i) {
+    for (size_t s = 0; s < m1[i].size(); ++s) {
+      EXPECT_TENSOR_EQ(m1[i][s].queries, m2[i][s].queries) << "prediction " << i << " frame " << s;
+      EXPECT_TENSOR_EQ(m1[i][s].targets, m2[i][s].targets) << "prediction " << i << " frame " << s;
+    }
+  }
+  const auto params = model->parameters();
+  total_a.backward({}, /*retain_graph=*/true);
+  std::vector<at::Tensor> grads_a;
+  for (const auto& p : params) grads_a.push_back(p.grad().defined() ? p.grad().clone() : p.grad());
+  for (auto& p : params)
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  total_b.backward();
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!grads_a[i].defined()) continue;
+    EXPECT_TENSOR_EQ(grads_a[i], params[i].grad()) << "parameter " << i;
   }
 }
 

@@ -46,13 +46,12 @@ struct VideoBatch {
 /// Stacks samples (all frames must share one H x W; Maskiges present in all or none).
 VideoBatch collate(std::vector<VideoSample> samples);
 
-/// Training targets of a batch (COMBO_SPEC 7.2-7.3): the supervised rows (S4: first frame of
-/// each video; MS3: all; AVSS: frames with ground truth) and, for each, one target per distinct
-/// label value (255 excluded), masks bool [K, H, W] on the labels' device.
-struct BatchTargets {
-  std::vector<loss::FrameTarget> targets;
-  loss::BatchLayout layout;
-};
+/// Training targets of a batch (loss::make_targets on the batch's labels, has_gt and videos):
+/// the supervised rows (S4 training: first frame of each video; otherwise frames with ground
+/// truth) and, for each, one target per distinct label value (255 excluded), masks bool
+/// [K, H, W] at the frames' size on the labels' device. The criterion zero-pads them to the
+/// padded image size of the model's outputs (official prepare_targets).
+using BatchTargets = loss::BatchTargets;
 BatchTargets make_targets(const VideoBatch& batch, loss::DatasetKind kind, bool train = true);
 
 /// Moves the tensors of a batch to a device.

@@ -5,9 +5,9 @@
 ///
 /// Parity with the official run (fixture `combo_full_pvt_b0.pt`, key `train/*`), once the full
 /// model gives ModelOutputs for `inputs/*` in train mode:
-///   - targets: per video, FrameTarget{sorted unique labels of gt_sem_seg[v][0],
-///     masks = (label map == label)}; layout: frames_per_video = {T} * B,
-///     supervised_rows(DatasetKind::kS4, frames_per_video);
+///   - targets: make_targets(gt labels [N, H, W] with frame 0 of each video = gt_sem_seg[v][0],
+///     has_gt, {T} * B, DatasetKind::kS4) (the trainer's path; the criterion pads them to the
+///     padded image size of the outputs, as the official `prepare_targets`);
 ///   - points: ReplayPointSource(train/matcher_coords (20 x [1, P, 2]),
 ///     train/mask_loss_coords (10 x [M, P, 2])); the criterion consumes point sets in the official
 ///     order: for the final prediction one matcher set per supervised frame (frame order), then
@@ -47,7 +47,19 @@ struct ModelOutputs {
   std::vector<std::pair<at::Tensor, at::Tensor>> aux;
   /// Intermediate mask logits for the consistency loss, [N, Q, h*w] each (9 in COMBO).
   std::vector<at::Tensor> middles;
+  /// The canvas every mask prediction covers: the size of the normalised images after the
+  /// padding to size_divisibility (official `images.tensor.shape[-2:]`, ComboOutputs
+  /// padded_height/width). Required: the criterion zero-pads every target mask bottom/right to
+  /// it before matching (official `prepare_targets`), so that a normalised point refers to the
+  /// same image pixel in predictions and targets.
+  int64_t image_height = 0;
+  int64_t image_width = 0;
 };
+
+/// Official Mask2Former `prepare_targets`: the masks [K, H, W] zero-padded bottom/right to
+/// [K, height, width] (float32 on the masks' device; returned as they are, converted to float,
+/// when already that size). Throws when a mask is larger than the canvas.
+at::Tensor pad_target_masks(const at::Tensor& masks, int64_t height, int64_t width);
 
 /// Which training frames carry a ground truth (COMBO_SPEC 7.3).
 enum class DatasetKind {
@@ -74,6 +86,23 @@ struct BatchLayout {
   /// Rows of the N frames that have a FrameTarget, ascending (see supervised_rows).
   std::vector<int64_t> supervised_rows;
 };
+
+/// Targets of a batch and how its frames are organised (the trainer's input to the criterion).
+struct BatchTargets {
+  std::vector<FrameTarget> targets;  ///< targets[k] belongs to layout.supervised_rows[k]
+  BatchLayout layout;
+};
+
+/// Training targets from the mapper's label maps (COMBO_SPEC 7.2-7.3): `labels` int64 [N, H, W]
+/// (255 = ignore: padding, and frames without ground truth), `has_gt` bool [N], the frames of
+/// each video. Supervised rows: kS4 with `train` the first frame of each video (the official S4
+/// training split has one label file per video); otherwise every row with has_gt. Each supervised
+/// frame gets one target per distinct label value (255 excluded, background included), masks
+/// bool [K, H, W] at the label maps' size on their device; the criterion pads them to the
+/// predictions' canvas. Throws when a supervised row has no ground truth.
+BatchTargets make_targets(const at::Tensor& labels, const at::Tensor& has_gt,
+                          const std::vector<int64_t>& frames_per_video, DatasetKind kind,
+                          bool train = true);
 
 struct SetCriterionOptions {
   /// Real classes: 2 for S4/MS3, 71 for AVSS (the logits have num_classes + 1 columns).
@@ -113,7 +142,10 @@ class SetCriterionImpl : public torch::nn::Cloneable<SetCriterionImpl> {
   /// `loss_dice_i` for aux prediction i (deep supervision); `loss_cosine_i` for middles[i]
   /// (unless the consistency type is none).
   ///
-  /// `targets[k]` is the ground truth of row `layout.supervised_rows[k]`. CE, BCE and dice use
+  /// `targets[k]` is the ground truth of row `layout.supervised_rows[k]`, masks [K, H, W] with
+  /// H <= outputs.image_height and W <= outputs.image_width; every mask is zero-padded to that
+  /// canvas once (pad_target_masks, official `prepare_targets`) and the matcher and the mask
+  /// losses sample the padded masks. CE, BCE and dice use
   /// the supervised rows only and are normalised by num_masks = max(1, reducer(Σ K)); the
   /// consistency loss uses all N rows. `points` supplies the random point sets (a
   /// RandomPointSource on the default generator when null). `matches_out`, when given, receives
@@ -130,7 +162,9 @@ class SetCriterionImpl : public torch::nn::Cloneable<SetCriterionImpl> {
                          const std::vector<MatchIndices>& matches) const;
 
   /// Unweighted {BCE, dice} of the matched masks of pred_masks [S, Q, h, w] against the
-  /// float target masks [K_s, H, W] (zero-padded to a common size when frames differ), on the
+  /// float target masks [K_s, H, W] (zero-padded to the largest H and W when frames differ, as
+  /// the official `nested_tensor_from_tensor_list`; forward hands it masks already padded to the
+  /// image canvas, where this padding does nothing), on the
   /// point set `points` returns for the matched logits; both divided by num_masks.
   std::pair<at::Tensor, at::Tensor> loss_masks(const at::Tensor& pred_masks,
                                                const std::vector<at::Tensor>& target_masks,

@@ -166,7 +166,8 @@ class ComboModelImpl : public torch::nn::Cloneable<ComboModelImpl> {
 };
 TORCH_MODULE(ComboModel);
 
-/// The decoder outputs in the form the criterion takes (no copies).
+/// The decoder outputs in the form the criterion takes (no copies), with the padded image size
+/// the masks cover (the canvas the criterion pads the targets to, official `prepare_targets`).
 loss::ModelOutputs criterion_inputs(const ComboOutputs& outputs);
 
 /// Keys of official COMBO checkpoints that ComboModel does not hold as parameters
