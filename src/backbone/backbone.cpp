@@ -16,6 +16,28 @@ const std::vector<std::string>& feature_names() {
   return names;
 }
 
+void copy_module_state(const torch::nn::Module& from, torch::nn::Module& to,
+                       const CloneDevice& device) {
+  torch::NoGradGuard no_grad;
+  auto copy_into = [&](const torch::OrderedDict<std::string, at::Tensor>& src,
+                       torch::OrderedDict<std::string, at::Tensor> dst, const char* what) {
+    COMBO_CHECK(src.size() == dst.size(), "clone: ", src.size(), " ", what, " in the source, ",
+                dst.size(), " in the copy");
+    for (const auto& item : src) {
+      at::Tensor* target = dst.find(item.key());
+      COMBO_CHECK(target != nullptr, "clone: ", what, " '", item.key(), "' missing in the copy");
+      const at::Tensor& t = item.value();
+      if (!t.defined()) continue;
+      at::Tensor data = device && t.device() != *device ? t.to(*device) : t.clone();
+      target->set_data(data);
+      if (target->requires_grad() != t.requires_grad()) target->requires_grad_(t.requires_grad());
+    }
+  };
+  copy_into(from.named_parameters(), to.named_parameters(), "parameters");
+  copy_into(from.named_buffers(), to.named_buffers(), "buffers");
+  to.train(from.is_training());
+}
+
 FeatureMap BackboneImpl::forward(const at::Tensor& x) {
   COMBO_CHECK(x.defined() && x.dim() == 4 && x.size(1) == 3, name(),
               ": expected images [N, 3, H, W], got shape ",

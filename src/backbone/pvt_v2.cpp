@@ -7,6 +7,7 @@
 #include <ostream>
 #include <sstream>
 
+#include "combo/core/autocast.h"
 #include "combo/core/check.h"
 #include "combo/nn/checkpoint.h"
 
@@ -212,6 +213,14 @@ class LayerNormLinearFunction : public torch::autograd::Function<LayerNormLinear
 
 }  // namespace
 
+namespace {
+/// Whether the recomputing MLP functions apply: as nn::checkpoint, but not under autocast (they
+/// compute in their inputs' dtype; under autocast the plain ops run, which autocast casts).
+bool fused_recompute_applies(const std::vector<at::Tensor>& inputs) {
+  return nn::checkpoint_applies(inputs) && !AutocastState::current().any();
+}
+}  // namespace
+
 at::Tensor layer_norm_linear(const at::Tensor& x, const at::Tensor& ln_weight,
                              const at::Tensor& ln_bias, double eps, const at::Tensor& fc_weight,
                              const at::Tensor& fc_bias) {
@@ -219,7 +228,7 @@ at::Tensor layer_norm_linear(const at::Tensor& x, const at::Tensor& ln_weight,
                   fc_bias.defined() && fc_weight.dim() == 2 && fc_weight.size(1) == x.size(2),
               "layer_norm_linear: expected x [B, L, C] and defined weights and biases, got x ",
               x.sizes());
-  if (x.is_contiguous() && nn::checkpoint_applies({x, ln_weight, ln_bias, fc_weight, fc_bias})) {
+  if (x.is_contiguous() && fused_recompute_applies({x, ln_weight, ln_bias, fc_weight, fc_bias})) {
     return LayerNormLinearFunction::apply(x, ln_weight, ln_bias, eps, fc_weight, fc_bias);
   }
   const at::Tensor normed = at::layer_norm(x, {x.size(2)}, ln_weight, ln_bias, eps);
@@ -236,7 +245,7 @@ at::Tensor dwconv_gelu_linear(const at::Tensor& hidden, int64_t h, int64_t w,
               "dwconv_gelu_linear: expected hidden [B, ", h * w,
               ", C] and defined weights and biases, got hidden ", hidden.sizes());
   if (hidden.is_contiguous() &&
-      nn::checkpoint_applies({hidden, dw_weight, dw_bias, fc_weight, fc_bias})) {
+      fused_recompute_applies({hidden, dw_weight, dw_bias, fc_weight, fc_bias})) {
     return DwconvGeluLinearFunction::apply(hidden, dw_weight, dw_bias, fc_weight, fc_bias, h, w);
   }
   at::Tensor y = image_as_tokens(
@@ -472,7 +481,7 @@ void PvtV2Impl::reset() {
   }
   const std::vector<double> dpr = drop_path_rates(options.drop_path_rate(), total);
 
-  // Cloneable::clone() copies these vectors before calling reset(): start afresh.
+  // reset() may run on a built encoder: start afresh.
   patch_embeds.clear();
   blocks.clear();
   norms.clear();

@@ -129,7 +129,7 @@ ResNetImpl::ResNetImpl(const ResNetOptions& options_) : options(options_) { rese
 void ResNetImpl::reset() {
   const std::vector<int64_t> blocks = resnet_blocks_per_stage(options.depth());
   stem = register_module("stem", BasicStem(options.in_channels(), options.stem_out_channels()));
-  // Cloneable::clone() copies this vector before calling reset(): start afresh.
+  // reset() may run on a built encoder: start afresh.
   stages.clear();
   int64_t in = options.stem_out_channels();
   int64_t out = options.res2_out_channels();

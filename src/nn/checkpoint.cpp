@@ -1,7 +1,6 @@
 #include "combo/nn/checkpoint.h"
 
 #include <ATen/Context.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
 #include <ATen/core/ivalue.h>
 #include <torch/autograd.h>
@@ -11,20 +10,12 @@
 #include <optional>
 #include <utility>
 
+#include "combo/core/autocast.h"
 #include "combo/core/check.h"
 
 namespace combo::nn {
 
 namespace {
-
-bool autocast_enabled() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  return at::autocast::is_autocast_enabled(at::kCUDA) ||
-         at::autocast::is_autocast_enabled(at::kCPU);
-#else
-  return at::autocast::is_enabled() || at::autocast::is_cpu_enabled();
-#endif
-}
 
 at::Tensor generator_state(at::Generator gen) {
   std::lock_guard<std::mutex> lock(gen.mutex());
@@ -43,6 +34,7 @@ struct CheckpointState : torch::CustomClassHolder {
   at::Tensor cpu_rng;                ///< CPU generator state at the forward call
   std::optional<at::Device> device;  ///< an accelerator the inputs live on
   at::Tensor device_rng;             ///< its generator state at the forward call
+  AutocastState autocast;            ///< autocast at the forward call, replayed in backward
 };
 
 /// Puts the generators back to the forward call's states for its lifetime, then restores the
@@ -102,7 +94,10 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     at::Tensor out;
     {
       ForwardRngScope rng(*state);
-      torch::AutoGradMode record(true);
+      // The same precision choices as the forward call (the backward pass runs on autograd's
+      // thread, whose autocast state is its own).
+      AutocastScope autocast(state->autocast);
+      at::AutoGradMode record(true);
       out = state->fn(inputs);
     }
     COMBO_CHECK(out.requires_grad(),
@@ -118,7 +113,7 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 }  // namespace
 
 bool checkpoint_applies(const std::vector<at::Tensor>& inputs) {
-  if (!at::GradMode::is_enabled() || autocast_enabled()) return false;
+  if (!at::GradMode::is_enabled()) return false;
   for (const auto& t : inputs)
     if (t.defined() && t.requires_grad()) return true;
   return false;
@@ -133,6 +128,7 @@ at::Tensor checkpoint(const CheckpointFn& fn, const std::vector<at::Tensor>& inp
     state->needs_grad.push_back(t.defined() && t.requires_grad());
     if (t.defined() && !t.is_cpu() && !state->device) state->device = t.device();
   }
+  state->autocast = AutocastState::current();
   auto& ctx = at::globalContext();
   state->cpu_rng = generator_state(ctx.defaultGenerator(at::kCPU));
   if (state->device) state->device_rng = generator_state(ctx.defaultGenerator(*state->device));

@@ -19,6 +19,7 @@ class AudioMlpTest : public combo::testing::SeededTest {};
 }  // namespace
 
 TEST(AudioMlpParity, OutputsAndGradsMatchOfficial) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "audio_mlp.pt");
   const combo::TensorDict sd = fx.state_dict();
   const AudioMlpOptions options(sd.at("embeddings.0.weight").size(1),
@@ -29,7 +30,8 @@ TEST(AudioMlpParity, OutputsAndGradsMatchOfficial) {
       combo::load_state_dict_into(*model, sd, {true, {}, fx.path().string()});
   EXPECT_TRUE(report.clean()) << report.to_string();
   model->eval();
-  const at::Tensor x = fx.tensor("inputs/x").clone().set_requires_grad(true);
+  model->to(device);
+  const at::Tensor x = fx.tensor("inputs/x").clone().to(device).set_requires_grad(true);
   const at::Tensor y = model->forward(x);
   const at::Tensor ref = fx.tensor("outputs/y");
   ASSERT_EQ(y.sizes(), ref.sizes());

@@ -18,13 +18,15 @@ class VggishTest : public combo::testing::SeededTest {};
 }  // namespace
 
 TEST(VggishParity, EmbeddingMatchesOfficial) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "vggish.pt");
   Vggish model;
   const combo::LoadReport report =
       combo::load_state_dict_into(*model, fx.state_dict(), {true, {}, fx.path().string()});
   EXPECT_TRUE(report.clean()) << report.to_string();
   model->freeze();
-  const at::Tensor x = fx.tensor("inputs/x");
+  model->to(device);
+  const at::Tensor x = fx.tensor("inputs/x").to(device);
   const at::Tensor ref = fx.tensor("outputs/embedding");
   c10::InferenceMode guard;
   const at::Tensor got = model->forward(x);

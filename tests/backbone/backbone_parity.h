@@ -18,12 +18,13 @@ inline at::Tensor feature_loss(const backbone::FeatureMap& out) {
 
 enum class Tolerance { kAbs, kRel };
 
-/// Runs `model` on inputs/x, compares every map of outputs/ (at `output_tol`, absolute or in the
+/// Runs `model` on inputs/x (on the model's device), compares every map of outputs/ (at `output_tol`, absolute or in the
 /// fixtures' rel measure) and grads/x (rel 1e-3, and 1e-3 of the gradient's own scale: the rel
 /// measure floors the scale at 1, which says nothing about gradients far below 1).
 inline void expect_backbone_parity(backbone::BackboneImpl& model, const Fixture& fx, Tolerance kind,
                                    double output_tol) {
-  at::Tensor x = fx.tensor("inputs/x").clone().requires_grad_(true);
+  const at::Device device = model.parameters().front().device();
+  at::Tensor x = fx.tensor("inputs/x").clone().to(device).requires_grad_(true);
   const backbone::FeatureMap out = model.forward(x);
   const TensorDict ref = fx.tensors("outputs");
   ASSERT_EQ(ref.size(), out.size());
@@ -39,6 +40,9 @@ inline void expect_backbone_parity(backbone::BackboneImpl& model, const Fixture&
   const at::Tensor ref_grad = fx.tensor("grads/x");
   EXPECT_TENSOR_NEAR_REL(ref_grad, x.grad(), 1e-3);
   EXPECT_LE(max_abs_diff(ref_grad, x.grad()), 1e-3 * ref_grad.abs().max().item<double>());
+  if (!device.is_cpu())
+    std::cout << "[ INFO ] ran on " << device.str() << ": grad rel error "
+              << rel_error(ref_grad, x.grad()) << std::endl;
 }
 
 }  // namespace combo::testing

@@ -58,6 +58,7 @@ PvtV2Options infer_pvt_options(const combo::TensorDict& sd, const combo::testing
 
 // ---------------------------------------------------------------------------------------------
 TEST(PvtV2Parity, OutputsAndInputGradientsMatchOfficial) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "pvt_v2_b0.pt");
   const combo::TensorDict sd = fx.state_dict();
   PvtV2 model(infer_pvt_options(sd, fx));
@@ -66,6 +67,7 @@ TEST(PvtV2Parity, OutputsAndInputGradientsMatchOfficial) {
   EXPECT_TRUE(report.clean()) << report.to_string();
   EXPECT_EQ(report.loaded, static_cast<int64_t>(sd.size()));
 
+  model->to(device);
   combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kAbs, 1e-4);
 }
 

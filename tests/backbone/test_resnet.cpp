@@ -54,6 +54,7 @@ void randomise_norms(torch::nn::Module& m) {
 
 // ---------------------------------------------------------------------------------------------
 TEST(ResNetParity, OutputsAndInputGradientsMatchDetectron2) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "resnet50_d2.pt");
   const combo::TensorDict sd = fx.state_dict();
   ResNet model(infer_resnet_options(sd));
@@ -62,6 +63,7 @@ TEST(ResNetParity, OutputsAndInputGradientsMatchDetectron2) {
       combo::backbone::load_backbone_state_dict(*model, sd, {true, {}, "resnet50_d2.pt"});
   EXPECT_TRUE(report.clean()) << report.to_string();
 
+  model->to(device);
   combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kRel, 1e-4);
 }
 

@@ -108,6 +108,7 @@ Reference reference_bidirectional(const combo::TensorDict& sd, const at::Tensor&
 }  // namespace
 
 TEST(BilateralFusionParity, OutputsAndGradsMatchOfficial) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "avfuse.pt");
   const combo::TensorDict sd = fx.state_dict();
   // AVFuse hard-codes 8 heads; every width comes from the stored weights.
@@ -122,9 +123,11 @@ TEST(BilateralFusionParity, OutputsAndGradsMatchOfficial) {
   for (const auto& kv : sd) stored += kv.second.numel();
   EXPECT_EQ(combo::count_parameters(*model), stored);
   model->eval();
+  model->to(device);
 
-  const at::Tensor visual = fx.tensor("inputs/visual_res2").clone().set_requires_grad(true);
-  const at::Tensor audio = fx.tensor("inputs/audio").clone().set_requires_grad(true);
+  const at::Tensor visual =
+      fx.tensor("inputs/visual_res2").clone().to(device).set_requires_grad(true);
+  const at::Tensor audio = fx.tensor("inputs/audio").clone().to(device).set_requires_grad(true);
   const auto out = model->forward(visual, audio);
   const at::Tensor ref_v = fx.tensor("outputs/visual_res2");
   const at::Tensor ref_a = fx.tensor("outputs/audio");

@@ -65,7 +65,7 @@ at::Tensor parity_loss(const combo::model::PixelDecoderOutput& out) {
   return loss;
 }
 
-void run_parity(const combo::testing::Fixture& fx, bool fused_kernel) {
+void run_parity(const combo::testing::Fixture& fx, bool fused_kernel, const at::Device& device) {
   std::map<std::string, at::Tensor> inputs;
   for (const auto& name : kFeatureNames) inputs[name] = fx.tensor("inputs/" + name);
   MSDeformAttnPixelDecoder decoder(
@@ -75,8 +75,9 @@ void run_parity(const combo::testing::Fixture& fx, bool fused_kernel) {
   const auto report = combo::load_state_dict_into(*decoder, fx.state_dict(), load_options);
   EXPECT_TRUE(report.clean()) << report.to_string();
   decoder->eval();
+  decoder->to(device);
 
-  for (auto& [name, x] : inputs) x = x.clone().requires_grad_(true);
+  for (auto& [name, x] : inputs) x = x.clone().to(device).requires_grad_(true);
   const auto out = decoder->forward(inputs);
   std::cout << "[ INFO ] " << (fused_kernel ? "fused" : "grid sampler")
             << ": rel error mask_features "
@@ -109,13 +110,16 @@ void run_parity(const combo::testing::Fixture& fx, bool fused_kernel) {
 }
 
 TEST_F(PixelDecoderParity, MatchesOfficialWithGridSamplerReference) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "pixel_decoder.pt");
-  run_parity(fx, /*fused_kernel=*/false);
+  run_parity(fx, /*fused_kernel=*/false, device);
 }
 
 TEST_F(PixelDecoderParity, MatchesOfficialWithFusedKernel) {
+  // On a GPU the fused kernel is not used (the CPU has it): the decoder takes the reference path.
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "pixel_decoder.pt");
-  run_parity(fx, /*fused_kernel=*/true);
+  run_parity(fx, /*fused_kernel=*/true, device);
 }
 
 TEST_F(PixelDecoderParity, StateDictKeysAndShapesEqualOfficial) {

@@ -72,6 +72,7 @@ at::Tensor fixture_loss(const TransformerDecoderOutput& out) {
 }  // namespace
 
 TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "transformer_decoder.pt");
   const combo::TensorDict sd = fx.state_dict();
   const std::regex layer_key(R"(transformer_ffn_layers\.(\d+)\.linear1\.weight)");
@@ -82,9 +83,10 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
   ASSERT_GT(layers, 0);
   const int64_t levels = sd.at("level_embed.weight").size(0);
   std::vector<at::Tensor> x;
-  for (int64_t i = 0; i < levels; ++i) x.push_back(fx.tensor("inputs/ms" + std::to_string(i)));
-  const at::Tensor mask_features = fx.tensor("inputs/mask_features");
-  const at::Tensor audio = fx.tensor("inputs/audio_features");
+  for (int64_t i = 0; i < levels; ++i)
+    x.push_back(fx.tensor("inputs/ms" + std::to_string(i)).to(device));
+  const at::Tensor mask_features = fx.tensor("inputs/mask_features").to(device);
+  const at::Tensor audio = fx.tensor("inputs/audio_features").to(device);
   const std::vector<at::Tensor> ref_masks = tensor_list(fx, "attn_masks");
   const int64_t n = mask_features.size(0);
   const int64_t nq = sd.at("query_feat.weight").size(0);
@@ -106,6 +108,7 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
       combo::load_state_dict_into(*model, sd, {true, {}, fx.path().string()});
   ASSERT_TRUE(report.clean()) << report.to_string();
   model->eval();
+  model->to(device);
 
   std::vector<at::Tensor> ref_pred_masks = tensor_list(fx, "outputs/aux_pred_masks");
   ref_pred_masks.push_back(fx.tensor("outputs/pred_masks"));
@@ -123,7 +126,7 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
       const auto& ref = ref_masks[j];
       EXPECT_EQ(o.attn_masks[j].sizes(), ref.sizes()) << run << " mask " << j;
       if (o.attn_masks[j].sizes() != ref.sizes()) return layers * ref.numel();
-      const auto flipped = o.attn_masks[j] != ref;
+      const auto flipped = o.attn_masks[j].cpu() != ref;
       const int64_t flips = flipped.sum().item<int64_t>();
       if (flips == 0) continue;
       const auto& lvl = x[j % levels];
@@ -145,7 +148,8 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
   const int64_t flips_used = check_masks(out, "full");
   // 2. With the official masks injected where any flipped, the rest must agree.
   if (flips_used > 0) {
-    hooks.attn_masks.assign(ref_masks.begin(), ref_masks.begin() + layers);
+    hooks.attn_masks.clear();
+    for (int64_t j = 0; j < layers; ++j) hooks.attn_masks.push_back(ref_masks[j].to(device));
   }
   hooks.return_attn_masks = false;
   std::vector<at::Tensor> inputs = x;
@@ -185,7 +189,8 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
   ASSERT_EQ(static_cast<int64_t>(lean.attn_masks.size()), layers + 1);
   EXPECT_TRUE(lean.aux_outputs.empty());
   if (check_masks(lean, "aux_outputs off") > 0) {
-    lean_hooks.attn_masks.assign(ref_masks.begin(), ref_masks.begin() + layers);
+    lean_hooks.attn_masks.clear();
+    for (int64_t j = 0; j < layers; ++j) lean_hooks.attn_masks.push_back(ref_masks[j].to(device));
   }
   lean_hooks.return_attn_masks = false;
   const auto lean_out = model->forward(x, mask_features, audio, lean_hooks);

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "combo/core/autocast.h"
+#include "combo/core/env.h"
 #include "testing/testing.h"
 
 namespace {
@@ -114,4 +116,87 @@ TEST_F(CheckpointTest, RunsDirectlyWithoutGradientsOrWhenNoInputNeedsOne) {
   y.sum().backward();
   EXPECT_TRUE(net.fc1->weight.grad().defined());
   EXPECT_EQ(net.calls, 2);  // once under no_grad, once here: never recomputed
+}
+
+namespace {
+
+// Forward under `autocast`, backward after leaving it (as the trainer does), once directly and
+// once checkpointed, on `device`: outputs, input and parameter gradients must agree to `tol`
+// (0 = bit-identical); autocast must change the result (or the test could not see a
+// recomputation in the wrong precision).
+void expect_autocast_checkpoint_matches_direct(const at::Device& device,
+                                               const combo::AutocastState& autocast, double tol) {
+  auto direct = std::make_shared<Net>();
+  auto ckpt = std::make_shared<Net>();
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < direct->parameters().size(); ++i)
+      ckpt->parameters()[i].copy_(direct->parameters()[i]);
+  }
+  direct->to(device);
+  ckpt->to(device);
+  const at::Tensor x0 = torch::randn({6, 5, 12}).to(device);
+  const at::Tensor pos0 = torch::randn({6, 5, 12}).to(device);
+  auto run = [&](Net& net, bool checkpointed, bool with_autocast = true) {
+    at::Tensor x = x0.clone().requires_grad_(true);
+    at::Tensor pos = pos0.clone().requires_grad_(true);
+    torch::manual_seed(5);
+    at::Tensor y;
+    {
+      combo::AutocastScope scope(with_autocast ? autocast : combo::AutocastState());
+      if (checkpointed) {
+        EXPECT_TRUE(combo::nn::checkpoint_applies({x, pos}));
+        y = combo::nn::checkpoint(
+            [&net](const std::vector<at::Tensor>& in) { return net.forward(in[0], in[1]); },
+            {x, pos});
+      } else {
+        y = net.forward(x, pos);
+      }
+    }
+    y.to(at::kFloat).pow(2).sum().backward();
+    return std::make_tuple(y.detach(), x.grad(), pos.grad());
+  };
+  auto [y_f, gx_f, gp_f] = run(*direct, false, /*with_autocast=*/false);
+  for (auto& p : direct->parameters()) p.mutable_grad() = at::Tensor();
+  auto [y_d, gx_d, gp_d] = run(*direct, false);
+  auto [y_c, gx_c, gp_c] = run(*ckpt, true);
+  EXPECT_EQ(ckpt->calls, 2) << "the checkpointed forward runs again in backward";
+  EXPECT_FALSE(torch::allclose(gx_f.cpu(), gx_d.cpu(), 1e-6, 1e-7))
+      << "autocast did not change the gradients: this test could not see a wrong recomputation";
+  auto same = [tol](const at::Tensor& a, const at::Tensor& b) {
+    return tol == 0 ? combo::testing::tensors_equal(a, b)
+                    : combo::testing::tensors_near_rel(a, b, tol);
+  };
+  EXPECT_TRUE(same(y_d, y_c));
+  EXPECT_TRUE(same(gx_d, gx_c));
+  EXPECT_TRUE(same(gp_d, gp_c));
+  for (size_t i = 0; i < direct->parameters().size(); ++i) {
+    ASSERT_TRUE(ckpt->parameters()[i].grad().defined()) << "parameter " << i;
+    EXPECT_TRUE(same(direct->parameters()[i].grad(), ckpt->parameters()[i].grad()))
+        << "parameter " << i;
+  }
+}
+
+}  // namespace
+
+TEST_F(CheckpointTest, UnderCpuAutocastRecomputesInTheForwardCallsPrecision) {
+  // The backward pass runs outside the autocast region: without replaying the forward call's
+  // autocast state the recomputation would run in float32 and the gradients would differ.
+  combo::AutocastState bf16;
+  bf16.cpu_enabled = true;
+  bf16.cpu_dtype = at::kBFloat16;
+  expect_autocast_checkpoint_matches_direct(at::kCPU, bf16, 0.0);
+}
+
+TEST(CheckpointCuda, UnderFp16AndBf16AutocastGradientsEqualTheDirectCall) {
+  COMBO_CUDA_OR_SKIP(device);
+  combo::seed_everything(0);
+  for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    combo::AutocastState s;
+    s.cuda_enabled = true;
+    s.cuda_dtype = dtype;
+    // cuBLAS picks the same kernels for the same shapes: equal to rounding at most.
+    expect_autocast_checkpoint_matches_direct(device, s, 1e-6);
+  }
 }

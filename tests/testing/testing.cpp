@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "combo/core/check.h"
+#include "combo/core/device.h"
 #include "combo/core/env.h"
 
 namespace fs = std::filesystem;
@@ -20,14 +21,51 @@ namespace combo::testing {
 
 void SeededTest::SetUp() { combo::seed_everything(0); }
 
+at::Device test_device() {
+  const char* env = std::getenv("COMBO_TEST_DEVICE");
+  const std::string spec = env && *env ? env : "cpu";
+  try {
+    return at::Device(spec);
+  } catch (const std::exception&) {
+    COMBO_FAIL("COMBO_TEST_DEVICE='", spec, "' is not a device (cpu | cuda | cuda:N)");
+  }
+}
+
+bool device_usable(const at::Device& device, std::string* reason) {
+  if (device.is_cpu()) return true;
+  if (!device.is_cuda()) {
+    *reason = "device " + device.str() + " is not supported by the tests";
+    return false;
+  }
+  if (!combo::built_with_cuda()) {
+    *reason = "needs " + device.str() + " but this build's LibTorch has no CUDA";
+    return false;
+  }
+  if (!combo::cuda_available()) {
+    *reason = "needs " + device.str() + " but no CUDA device is usable here";
+    return false;
+  }
+  if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count())) {
+    *reason = "needs " + device.str() + " but there are only " +
+              std::to_string(torch::cuda::device_count()) + " CUDA device(s)";
+    return false;
+  }
+  return true;
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   if (a.numel() == 0 && b.numel() == 0) return 0.0;
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+  // On the CPU, so tensors of different devices (a GPU result against a fixture) compare.
+  return (a.to(torch::kCPU, torch::kFloat64) - b.to(torch::kCPU, torch::kFloat64))
+      .abs()
+      .max()
+      .item<double>();
 }
 
 double rel_error(const at::Tensor& ref, const at::Tensor& got) {
   if (ref.numel() == 0) return 0.0;
-  const double scale = std::max(1.0, ref.to(torch::kFloat64).abs().max().item<double>());
+  const double scale =
+      std::max(1.0, ref.to(torch::kCPU, torch::kFloat64).abs().max().item<double>());
   return max_abs_diff(ref, got) / scale;
 }
 
@@ -66,7 +104,7 @@ namespace {
   if (ref.scalar_type() != got.scalar_type())
     return ::testing::AssertionFailure()
            << "dtype mismatch: " << ref.scalar_type() << " vs " << got.scalar_type();
-  if (torch::equal(ref, got)) return ::testing::AssertionSuccess();
+  if (torch::equal(ref.cpu(), got.cpu())) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "tensors differ, max abs diff " << max_abs_diff(ref, got);
 }
 

@@ -77,6 +77,38 @@ std::optional<Fixture> load_fixture(const std::string& name, std::string* reason
   }                                                                            \
   const ::combo::testing::Fixture& var = *var##_opt
 
+/// The device the device-aware tests (the parity tests, the `cuda` tests) run on:
+/// $COMBO_TEST_DEVICE (cpu | cuda | cuda:N), default cpu. Parity tests compare on the CPU after
+/// running there; with a CUDA test device the test main turns TF32 off (full float32).
+/// Throws combo::Error for a value that is no device.
+at::Device test_device();
+
+/// Whether `device` can run here; otherwise `reason` says why (a CPU-only LibTorch, no GPU).
+bool device_usable(const at::Device& device, std::string* reason);
+
+/// Skips the current test (printing why) unless test_device() can run here; binds it to `var`.
+#define COMBO_TEST_DEVICE_OR_SKIP(var)                                           \
+  const at::Device var = ::combo::testing::test_device();                        \
+  {                                                                              \
+    std::string var##_skip_reason;                                               \
+    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {             \
+      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;         \
+      GTEST_SKIP() << var##_skip_reason;                                         \
+    }                                                                            \
+  }
+
+/// The first CUDA device, or a skip (printing why) where there is none: for tests of the
+/// `cuda` label (test suites named *Cuda*), which need a GPU whatever COMBO_TEST_DEVICE says.
+#define COMBO_CUDA_OR_SKIP(var)                                                  \
+  const at::Device var(at::kCUDA, 0);                                            \
+  {                                                                              \
+    std::string var##_skip_reason;                                               \
+    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {             \
+      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;         \
+      GTEST_SKIP() << var##_skip_reason;                                         \
+    }                                                                            \
+  }
+
 /// A fresh empty folder under the build tree, removed when the object dies.
 class TempDir {
  public:

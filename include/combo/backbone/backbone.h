@@ -6,6 +6,7 @@
 #include <torch/arg.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+#include <torch/utils.h>
 
 #include <map>
 #include <string>
@@ -33,11 +34,11 @@ using FeatureShapes = std::map<std::string, FeatureShape>;
 /// The names of the four output maps, finest first.
 const std::vector<std::string>& feature_names();
 
-/// Base of every image encoder. Concrete encoders (PvtV2Impl, ResNetImpl) derive from it and
-/// from torch::nn::Cloneable; a model holds them as `Backbone` (a module holder of this base) and
+/// Base of every image encoder. Concrete encoders (PvtV2Impl, ResNetImpl) derive from
+/// ClonableBackbone<Derived>; a model holds them as `Backbone` (a module holder of this base) and
 /// registers them like any child module, so two encoders can live side by side under the names
 /// `backbone` and `pre_sam_backbone`.
-class BackboneImpl : public virtual torch::nn::Module {
+class BackboneImpl : public torch::nn::Module {
  public:
   /// x [N, 3, H, W] (normalised RGB) -> {"res2": [N, C2, H/4, W/4], ..., "res5": [N, C5, H/32,
   /// W/32]}, each contiguous NCHW.
@@ -59,6 +60,49 @@ class BackboneImpl : public virtual torch::nn::Module {
   bool checkpoint_blocks = false;
 };
 TORCH_MODULE(Backbone);
+
+namespace detail {
+template <class A>
+A clone_argument(std::shared_ptr<torch::nn::Module> (torch::nn::Module::*)(const A&) const);
+}  // namespace detail
+/// The device argument of torch::nn::Module::clone in this LibTorch (c10::optional in 1.x,
+/// std::optional in 2.x).
+using CloneDevice = decltype(detail::clone_argument(&torch::nn::Module::clone));
+
+/// Copies every parameter and buffer of `from` into the module of the same structure `to` (by
+/// name; deep copies, moved to `device` when given) with their requires_grad flags, and the
+/// training flag.
+void copy_module_state(const torch::nn::Module& from, torch::nn::Module& to,
+                       const CloneDevice& device);
+
+/// What torch::nn::Cloneable gives a module, for encoders: a deep clone() (a fresh Derived built
+/// from `options`, then the source's parameters, buffers, training flag and checkpoint_blocks),
+/// also when the encoder is cloned as the child of a cloned model. Cloneable itself cannot be
+/// used: LibTorch 2.x derives it non-virtually from Module, which with BackboneImpl's Module
+/// base would make two Module sub-objects.
+template <class Derived>
+class ClonableBackbone : public BackboneImpl {
+ public:
+  /// Builds the submodules from the options (the constructor and clone() call it).
+  virtual void reset() = 0;
+
+  std::shared_ptr<torch::nn::Module> clone(const CloneDevice& device = {}) const override {
+    torch::NoGradGuard no_grad;
+    const auto& self = static_cast<const Derived&>(*this);
+    auto copy = std::make_shared<Derived>(self.options);
+    copy_module_state(*this, *copy, device);
+    copy->checkpoint_blocks = checkpoint_blocks;
+    return copy;
+  }
+
+ private:
+  // Called on the copy's child when a parent module is cloned (as Cloneable::clone_ does).
+  void clone_(torch::nn::Module& other, const CloneDevice& device) override {
+    auto copy = std::dynamic_pointer_cast<Derived>(other.clone(device));
+    TORCH_CHECK(copy != nullptr, "cloning an encoder gave another type");
+    static_cast<Derived&>(*this) = std::move(*copy);
+  }
+};
 
 /// Options shared by the encoders that build_backbone makes.
 struct BackboneOptions {

@@ -157,7 +157,7 @@ TORCH_MODULE(PvtBlock);
 /// block{i}.0 .., then norm{i} (eps 1e-6); its output is "res{i+1}" at stride 4·2^(i-1).
 /// Any input size works (no positional embeddings); the keys/values of stage i need a token
 /// grid of at least sr_ratio x sr_ratio.
-class PvtV2Impl : public torch::nn::Cloneable<PvtV2Impl>, public BackboneImpl {
+class PvtV2Impl : public ClonableBackbone<PvtV2Impl> {
  public:
   explicit PvtV2Impl(const PvtV2Options& options_ = {});
   void reset() override;

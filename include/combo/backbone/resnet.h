@@ -101,7 +101,7 @@ struct ResNetOptions {
 /// The encoder: stem, then res2..res5 (strides 4, 8, 16, 32; 256/512/1024/2048 channels for the
 /// defaults). Runs channels-last internally (several times faster for the stem on CPU) and
 /// returns contiguous NCHW maps.
-class ResNetImpl : public torch::nn::Cloneable<ResNetImpl>, public BackboneImpl {
+class ResNetImpl : public ClonableBackbone<ResNetImpl> {
  public:
   explicit ResNetImpl(const ResNetOptions& options_ = {});
   void reset() override;

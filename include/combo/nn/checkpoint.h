@@ -9,9 +9,11 @@
 /// uses) the outputs and every gradient are bit-identical to running fn directly; the price is
 /// fn's forward time once more per training step. As torch.utils.checkpoint (reentrant).
 ///
-/// fn runs directly (nothing is saved or recomputed) when autograd is not recording, when no
-/// input requires a gradient (the recomputation could not reach fn's parameters), or under
-/// autocast (its precision choices are not reproduced in the backward pass).
+/// Under autocast the recomputation runs with the autocast state of the forward call (the same
+/// precision choices), so the gradients equal the direct call's under that autocast.
+///
+/// fn runs directly (nothing is saved or recomputed) when autograd is not recording or when no
+/// input requires a gradient (the recomputation could not reach fn's parameters).
 #include <ATen/core/Tensor.h>
 
 #include <functional>
