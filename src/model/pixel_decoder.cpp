@@ -322,7 +322,8 @@ PixelDecoderOutput MSDeformAttnPixelDecoderImpl::forward(
     COMBO_CHECK(batch < 0 || x.size(0) == batch, "MSDeformAttnPixelDecoder: feature map '", name,
                 "' has batch ", x.size(0), ", other maps have ", batch);
     batch = x.size(0);
-    return x.to(torch::kFloat32);
+    // Half inputs are computed in float32; float64 (a reference run) stays float64.
+    return x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
   };
 
   std::vector<at::Tensor> srcs, pos;

@@ -26,14 +26,17 @@ TEST(VggishParity, EmbeddingMatchesOfficial) {
   EXPECT_TRUE(report.clean()) << report.to_string();
   model->freeze();
   model->to(device);
-  const at::Tensor x = fx.tensor("inputs/x").to(device);
-  const at::Tensor ref = fx.tensor("outputs/embedding");
-  c10::InferenceMode guard;
-  const at::Tensor got = model->forward(x);
-  ASSERT_EQ(got.sizes(), ref.sizes());
-  EXPECT_TENSOR_NEAR_REL(ref, got, 1e-4);
-  std::cout << "[ INFO ] VGGish embedding rel error " << combo::testing::rel_error(ref, got)
-            << std::endl;
+  // Float32 and float64 runs on the fixture's input; bounds from the measured float32 error.
+  auto run = [&](at::ScalarType dtype) {
+    combo::testing::parity_to(*model, dtype);
+    c10::InferenceMode guard;
+    return model->forward(combo::testing::parity_input(fx.tensor("inputs/x"), device, dtype));
+  };
+  const at::Tensor got64 = run(torch::kFloat64);
+  const at::Tensor got32_1 = combo::testing::official_threads([&] { return run(torch::kFloat32); });
+  const at::Tensor got32 = run(torch::kFloat32);
+  EXPECT_FLOAT32_PARITY_RUNS("outputs/embedding", fx.tensor("outputs/embedding"), got64, got32,
+                             got32_1);
 }
 
 TEST_F(VggishTest, KeysAndShapesAreOfficial) {

@@ -1,6 +1,6 @@
 #pragma once
 // What the PVT-v2 and ResNet parity tests share: the fixtures' scalar loss over the four maps,
-// and the comparison of outputs and input gradients with a fixture.
+// and the comparison of outputs and input gradients with a fixture at float32-derived bounds.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -16,33 +16,36 @@ inline at::Tensor feature_loss(const backbone::FeatureMap& out) {
   return loss;
 }
 
-enum class Tolerance { kAbs, kRel };
-
-/// Runs `model` on inputs/x (on the model's device), compares every map of outputs/ (at `output_tol`, absolute or in the
-/// fixtures' rel measure) and grads/x (rel 1e-3, and 1e-3 of the gradient's own scale: the rel
-/// measure floors the scale at 1, which says nothing about gradients far below 1).
-inline void expect_backbone_parity(backbone::BackboneImpl& model, const Fixture& fx, Tolerance kind,
-                                   double output_tol) {
+/// Runs `model` on inputs/x (on the model's device) in float32 and, converted to float64, in
+/// float64, and compares every map of outputs/ and grads/x with the fixture at bounds derived
+/// from the float32 error measured on that very input (Float32Budget, testing.h). Every shape
+/// comes from the fixture. The model is back in float32 afterwards. `grad_budget` applies to
+/// grads/x.
+inline void expect_backbone_parity(backbone::BackboneImpl& model, const Fixture& fx,
+                                   const Float32Budget& grad_budget = {}) {
   const at::Device device = model.parameters().front().device();
-  at::Tensor x = fx.tensor("inputs/x").clone().to(device).requires_grad_(true);
-  const backbone::FeatureMap out = model.forward(x);
   const TensorDict ref = fx.tensors("outputs");
-  ASSERT_EQ(ref.size(), out.size());
+  auto run = [&](at::ScalarType dtype) {
+    parity_to(model, dtype);
+    at::Tensor x = parity_input(fx.tensor("inputs/x"), device, dtype, /*requires_grad=*/true);
+    backbone::FeatureMap out = model.forward(x);
+    feature_loss(out).backward();
+    for (auto& [name, t] : out) t = t.detach();
+    out["grads/x"] = x.grad();
+    return out;
+  };
+  const backbone::FeatureMap ours64 = run(torch::kFloat64);
+  const backbone::FeatureMap ours32_1 = official_threads([&] { return run(torch::kFloat32); });
+  const backbone::FeatureMap ours32 = run(torch::kFloat32);
+  ASSERT_EQ(ref.size() + 1, ours32.size());
   for (const auto& [name, r] : ref) {
-    ASSERT_TRUE(out.count(name)) << name;
-    if (kind == Tolerance::kAbs) {
-      EXPECT_TENSOR_NEAR_ABS(r, out.at(name), output_tol) << name;
-    } else {
-      EXPECT_TENSOR_NEAR_REL(r, out.at(name), output_tol) << name;
-    }
+    ASSERT_TRUE(ours32.count(name)) << name;
+    EXPECT_FLOAT32_PARITY_RUNS(name, r, ours64.at(name), ours32.at(name), ours32_1.at(name));
   }
-  feature_loss(out).backward();
-  const at::Tensor ref_grad = fx.tensor("grads/x");
-  EXPECT_TENSOR_NEAR_REL(ref_grad, x.grad(), 1e-3);
-  EXPECT_LE(max_abs_diff(ref_grad, x.grad()), 1e-3 * ref_grad.abs().max().item<double>());
-  if (!device.is_cpu())
-    std::cout << "[ INFO ] ran on " << device.str() << ": grad rel error "
-              << rel_error(ref_grad, x.grad()) << std::endl;
+  EXPECT_TRUE(float32_parity("grads/x", fx.tensor("grads/x"),
+                             {ours32.at("grads/x"), ours32_1.at("grads/x")}, ours64.at("grads/x"),
+                             grad_budget));
+  if (!device.is_cpu()) std::cout << "[ INFO ] ran on " << device.str() << std::endl;
 }
 
 }  // namespace combo::testing

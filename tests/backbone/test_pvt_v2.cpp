@@ -68,7 +68,7 @@ TEST(PvtV2Parity, OutputsAndInputGradientsMatchOfficial) {
   EXPECT_EQ(report.loaded, static_cast<int64_t>(sd.size()));
 
   model->to(device);
-  combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kAbs, 1e-4);
+  combo::testing::expect_backbone_parity(*model, fx);
 }
 
 TEST(PvtV2Parity, ParameterCountsMatchOfficialBuilders) {

@@ -64,7 +64,15 @@ TEST(ResNetParity, OutputsAndInputGradientsMatchDetectron2) {
   EXPECT_TRUE(report.clean()) << report.to_string();
 
   model->to(device);
-  combo::testing::expect_backbone_parity(*model, fx, combo::testing::Tolerance::kRel, 1e-4);
+  // The input gradient's float32 error depends on the convolution backward kernels: on a 77x53
+  // input PyTorch 1.13's single-threaded float32 run (as the fixtures were made) is 1.2 % of the
+  // scale off float64 in the 0.999 quantile (3 % max), ours 0.1 % (0.2 %) at one or two threads,
+  // and issue 20 measured 0.5-1.5 % in both implementations. Our runs cannot measure the
+  // official kernels' error, so the floor of grads/x is 2.5 % of its scale; the outputs, where
+  // a wrong computation shows first, keep the measured bounds.
+  combo::testing::Float32Budget grad_budget;
+  grad_budget.floor_fraction = 2.5e-2;
+  combo::testing::expect_backbone_parity(*model, fx, grad_budget);
 }
 
 TEST(ResNetParity, StateDictNamesShapesAndCountsMatch) {

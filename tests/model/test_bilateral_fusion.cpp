@@ -125,19 +125,24 @@ TEST(BilateralFusionParity, OutputsAndGradsMatchOfficial) {
   model->eval();
   model->to(device);
 
-  const at::Tensor visual =
-      fx.tensor("inputs/visual_res2").clone().to(device).set_requires_grad(true);
-  const at::Tensor audio = fx.tensor("inputs/audio").clone().to(device).set_requires_grad(true);
-  const auto out = model->forward(visual, audio);
-  const at::Tensor ref_v = fx.tensor("outputs/visual_res2");
-  const at::Tensor ref_a = fx.tensor("outputs/audio");
-  ASSERT_EQ(out.visual.sizes(), ref_v.sizes());
-  ASSERT_EQ(out.audio.sizes(), ref_a.sizes());
-  EXPECT_TENSOR_NEAR_REL(ref_v, out.visual.detach(), 1e-5);
-  EXPECT_TENSOR_NEAR_REL(ref_a, out.audio.detach(), 1e-5);
-  (out.visual.pow(2).mean() + out.audio.pow(2).mean()).backward();
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/visual_res2"), visual.grad(), 1e-4);
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/audio"), audio.grad(), 1e-4);
+  // Float32 and float64 runs on the fixture's inputs; bounds from the measured float32 error.
+  using combo::testing::parity_input;
+  auto run = [&](at::ScalarType dtype) {
+    combo::testing::parity_to(*model, dtype);
+    const at::Tensor visual = parity_input(fx.tensor("inputs/visual_res2"), device, dtype, true);
+    const at::Tensor audio = parity_input(fx.tensor("inputs/audio"), device, dtype, true);
+    const auto out = model->forward(visual, audio);
+    (out.visual.pow(2).mean() + out.audio.pow(2).mean()).backward();
+    return std::vector<at::Tensor>{out.visual.detach(), out.audio.detach(), visual.grad(),
+                                   audio.grad()};
+  };
+  const auto ours64 = run(torch::kFloat64);
+  const auto ours32_1 = combo::testing::official_threads([&] { return run(torch::kFloat32); });
+  const auto ours32 = run(torch::kFloat32);
+  const std::vector<std::string> keys = {"outputs/visual_res2", "outputs/audio",
+                                         "grads/visual_res2", "grads/audio"};
+  for (size_t i = 0; i < keys.size(); ++i)
+    EXPECT_FLOAT32_PARITY_RUNS(keys[i], fx.tensor(keys[i]), ours64[i], ours32[i], ours32_1[i]);
 }
 
 TEST_F(BilateralFusionTest, ParameterCountMatchesSpec) {

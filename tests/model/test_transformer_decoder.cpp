@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 
 #include <limits>
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
@@ -146,40 +147,65 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
     return used;
   };
   const int64_t flips_used = check_masks(out, "full");
-  // 2. With the official masks injected where any flipped, the rest must agree.
-  if (flips_used > 0) {
-    hooks.attn_masks.clear();
-    for (int64_t j = 0; j < layers; ++j) hooks.attn_masks.push_back(ref_masks[j].to(device));
+  // 2. Float32 and float64 runs with bounds from the measured float32 error. The float32 run
+  // uses its own masks unless a bit flipped (then the official ones); the float64 run always
+  // uses the official masks, which are the float32 run's where none flipped: the thresholding
+  // at ~0 logits must not decide differently in float64.
+  const int64_t inputs_count = levels + 2;
+  auto run = [&](at::ScalarType dtype, bool aux, bool inject) {
+    combo::testing::parity_to(*model, dtype);
+    model->options.aux_outputs(aux);
+    TransformerDecoderHooks h;
+    if (inject)
+      for (int64_t j = 0; j < layers; ++j) h.attn_masks.push_back(ref_masks[j].to(device));
+    std::vector<at::Tensor> in;
+    for (int64_t i = 0; i < levels; ++i) in.push_back(x[i]);
+    in.push_back(mask_features);
+    in.push_back(audio);
+    for (auto& t : in) t = combo::testing::parity_input(t, device, dtype, /*requires_grad=*/aux);
+    const std::vector<at::Tensor> xg(in.begin(), in.begin() + levels);
+    const auto o = model->forward(xg, in[levels], in[levels + 1], h);
+    std::map<std::string, at::Tensor> got;
+    got["outputs/pred_logits"] = o.pred_logits.detach();
+    got["outputs/pred_masks"] = o.pred_masks.detach();
+    if (!aux) {
+      EXPECT_TRUE(o.aux_outputs.empty());
+      return got;
+    }
+    EXPECT_EQ(static_cast<int64_t>(o.aux_outputs.size()), layers);
+    EXPECT_EQ(static_cast<int64_t>(o.middles_attn_mask.size()),
+              fx.integer("info/num_middles_attn_mask"));
+    for (size_t i = 0; i < o.aux_outputs.size(); ++i) {
+      got["aux_pred_logits/" + std::to_string(i)] = o.aux_outputs[i].pred_logits.detach();
+      got["aux_pred_masks/" + std::to_string(i)] = o.aux_outputs[i].pred_masks.detach();
+      got["middles_attn_mask/" + std::to_string(i)] = o.middles_attn_mask[i].detach();
+    }
+    fixture_loss(o).backward();
+    for (int64_t i = 0; i < levels; ++i) got["grads/ms" + std::to_string(i)] = in[i].grad();
+    got["grads/mask_features"] = in[levels].grad();
+    got["grads/audio_features"] = in[levels + 1].grad();
+    EXPECT_EQ(got.size(), 2 + 3 * static_cast<size_t>(layers) + inputs_count);
+    return got;
+  };
+  auto reference = [&](const std::string& key) {
+    const auto slash = key.find('/');
+    const std::string list = key.substr(0, slash);
+    const int64_t i = key.rfind("outputs/", 0) == 0 || key.rfind("grads/", 0) == 0
+                          ? -1
+                          : std::stoll(key.substr(slash + 1));
+    if (list == "aux_pred_logits") return ref_aux_logits[i];
+    if (list == "aux_pred_masks") return ref_pred_masks[i];
+    if (list == "middles_attn_mask") return ref_pred_masks[i].reshape({n, nq, -1});
+    return fx.tensor(key);
+  };
+  const auto ours64 = run(torch::kFloat64, true, true);
+  const auto ours32_1 =
+      combo::testing::official_threads([&] { return run(torch::kFloat32, true, true); });
+  const auto ours32 = run(torch::kFloat32, true, flips_used > 0);
+  for (const auto& [key, got] : ours32) {
+    ASSERT_TRUE(got.defined()) << key;
+    EXPECT_FLOAT32_PARITY_RUNS(key, reference(key), ours64.at(key), got, ours32_1.at(key));
   }
-  hooks.return_attn_masks = false;
-  std::vector<at::Tensor> inputs = x;
-  inputs.push_back(mask_features);
-  inputs.push_back(audio);
-  for (auto& t : inputs) t = t.clone().set_requires_grad(true);
-  const std::vector<at::Tensor> xg(inputs.begin(), inputs.begin() + levels);
-  out = model->forward(xg, inputs[levels], inputs[levels + 1], hooks);
-
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("outputs/pred_logits"), out.pred_logits.detach(), 1e-4);
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("outputs/pred_masks"), out.pred_masks.detach(), 1e-4);
-  ASSERT_EQ(static_cast<int64_t>(out.aux_outputs.size()), layers);
-  ASSERT_EQ(static_cast<int64_t>(out.middles_attn_mask.size()),
-            fx.integer("info/num_middles_attn_mask"));
-  for (int64_t i = 0; i < layers; ++i) {
-    EXPECT_TENSOR_NEAR_REL(ref_aux_logits[i], out.aux_outputs[i].pred_logits.detach(), 1e-4)
-        << "aux " << i;
-    EXPECT_TENSOR_NEAR_REL(ref_pred_masks[i], out.aux_outputs[i].pred_masks.detach(), 1e-4)
-        << "aux " << i;
-    EXPECT_TENSOR_NEAR_REL(ref_pred_masks[i].reshape({n, nq, -1}),
-                           out.middles_attn_mask[i].detach(), 1e-4)
-        << "middle " << i;
-  }
-  fixture_loss(out).backward();
-  for (int64_t i = 0; i < levels; ++i) {
-    EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/ms" + std::to_string(i)), inputs[i].grad(), 1e-4)
-        << "ms" << i;
-  }
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/mask_features"), inputs[levels].grad(), 1e-4);
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("grads/audio_features"), inputs[levels + 1].grad(), 1e-4);
 
   // 3. Without aux outputs (inference) the final prediction is the same.
   model->options.aux_outputs(false);
@@ -188,14 +214,11 @@ TEST(TransformerDecoderParity, MasksOutputsAndGradsMatchOfficial) {
   const auto lean = model->forward(x, mask_features, audio, lean_hooks);
   ASSERT_EQ(static_cast<int64_t>(lean.attn_masks.size()), layers + 1);
   EXPECT_TRUE(lean.aux_outputs.empty());
-  if (check_masks(lean, "aux_outputs off") > 0) {
-    lean_hooks.attn_masks.clear();
-    for (int64_t j = 0; j < layers; ++j) lean_hooks.attn_masks.push_back(ref_masks[j].to(device));
-  }
-  lean_hooks.return_attn_masks = false;
-  const auto lean_out = model->forward(x, mask_features, audio, lean_hooks);
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("outputs/pred_logits"), lean_out.pred_logits, 1e-4);
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("outputs/pred_masks"), lean_out.pred_masks, 1e-4);
+  const bool lean_flips = check_masks(lean, "aux_outputs off") > 0;
+  const auto lean64 = run(torch::kFloat64, false, true);
+  const auto lean32 = run(torch::kFloat32, false, lean_flips);
+  for (const auto& [key, got] : lean32)
+    EXPECT_FLOAT32_PARITY("aux_outputs off: " + key, fx.tensor(key), got, lean64.at(key));
 }
 
 TEST_F(TransformerDecoderTest, ParameterCountsMatchSpec) {

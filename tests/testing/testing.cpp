@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -234,5 +235,89 @@ CommandResult run_shell(const std::string& command) {
 }
 
 std::string tool_path(const std::string& name) { return (binary_dir() / "tools" / name).string(); }
+
+namespace {
+// The (1 - 1e-3) quantile of |a - b| over the elements: the max for fewer than 1000 elements.
+double bulk_abs_diff(const at::Tensor& a, const at::Tensor& b, double fraction) {
+  if (a.numel() == 0) return 0.0;
+  const at::Tensor d = (a.detach().to(torch::kCPU, torch::kFloat64) -
+                        b.detach().to(torch::kCPU, torch::kFloat64))
+                           .abs()
+                           .flatten();
+  const int64_t n = d.numel();
+  const int64_t k = std::min<int64_t>(
+      n, std::max<int64_t>(1, static_cast<int64_t>(std::ceil((1.0 - fraction) * n))));
+  return std::get<0>(d.kthvalue(k)).item<double>();
+}
+}  // namespace
+
+Float32Errors float32_errors(const at::Tensor& ref, const std::vector<at::Tensor>& ours32,
+                             const at::Tensor& ours64, const Float32Budget& budget) {
+  Float32Errors e;
+  for (const auto& o : ours32) {
+    e.e32 = std::max(e.e32, bulk_abs_diff(o, ours64, budget.outlier_fraction));
+    e.max32 = std::max(e.max32, max_abs_diff(o, ours64));
+  }
+  e.eref = bulk_abs_diff(ref, ours64, budget.outlier_fraction);
+  e.max_ref = max_abs_diff(ref, ours64);
+  e.scale = ours64.numel() == 0 ? 0.0 : ours64.detach().abs().max().item<double>();
+  const double floor =
+      std::max(budget.floor_ulps * std::ldexp(1.0, -23), budget.floor_fraction) * e.scale;
+  e.bound_ref = std::max(floor, budget.factor * e.e32);
+  e.bound_32 = std::max(floor, budget.own_factor * e.eref);
+  return e;
+}
+
+Float32Errors float32_errors(const at::Tensor& ref, const at::Tensor& ours32,
+                             const at::Tensor& ours64, const Float32Budget& budget) {
+  return float32_errors(ref, std::vector<at::Tensor>{ours32}, ours64, budget);
+}
+
+::testing::AssertionResult float32_parity(const std::string& what, const at::Tensor& ref,
+                                          const std::vector<at::Tensor>& ours32,
+                                          const at::Tensor& ours64, const Float32Budget& budget) {
+  for (const auto& t : ours32) {
+    auto s = same_shape(ref, t);
+    if (!s) return s << " (" << what << ")";
+  }
+  auto s = same_shape(ref, ours64);
+  if (!s) return s << " (" << what << ")";
+  const Float32Errors e = float32_errors(ref, ours32, ours64, budget);
+  const double scale = std::max(e.scale, 1e-300);
+  std::ostringstream line;
+  line << what << ": scale " << e.scale << "; float32 error (" << (1 - budget.outlier_fraction)
+       << " quantile / max, of scale) ours " << e.e32 / scale << " / " << e.max32 / scale
+       << ", official " << e.eref / scale << " / " << e.max_ref / scale;
+  std::cout << "[ INFO ] " << line.str() << std::endl;
+  if (!(e.eref <= e.bound_ref))
+    return ::testing::AssertionFailure()
+           << line.str() << ": |official - ours64| " << e.eref << " > max(floor, "
+           << budget.factor << " x our float32 error) = " << e.bound_ref
+           << " (the official result is further from our float64 result than float32 explains)";
+  if (!(e.e32 <= e.bound_32))
+    return ::testing::AssertionFailure()
+           << line.str() << ": |ours32 - ours64| " << e.e32 << " > max(floor, "
+           << budget.own_factor << " x the official float32 error) = " << e.bound_32
+           << " (our float32 result is further from our float64 result than the official one)";
+  return ::testing::AssertionSuccess() << line.str();
+}
+
+::testing::AssertionResult float32_parity(const std::string& what, const at::Tensor& ref,
+                                          const at::Tensor& ours32, const at::Tensor& ours64,
+                                          const Float32Budget& budget) {
+  return float32_parity(what, ref, std::vector<at::Tensor>{ours32}, ours64, budget);
+}
+
+at::Tensor parity_input(const at::Tensor& t, const at::Device& device, at::ScalarType dtype,
+                        bool requires_grad) {
+  at::Tensor x = t.detach().to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+  if (requires_grad) x.requires_grad_(true);
+  return x;
+}
+
+void parity_to(torch::nn::Module& module, at::ScalarType dtype) {
+  module.to(dtype);
+  for (auto& p : module.parameters()) p.mutable_grad() = at::Tensor();
+}
 
 }  // namespace combo::testing
