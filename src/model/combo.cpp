@@ -112,11 +112,22 @@ void ComboModelImpl::reset() {
   pixel_std_ = torch::tensor(o.pixel_std(), torch::kFloat32).view({1, 3, 1, 1});
 }
 
+namespace {
+// Float32, as the official model; float64 once the model was converted to it (the reference
+// run of the parity tests).
+at::ScalarType compute_dtype(const torch::nn::Module& backbone) {
+  for (const auto& p : backbone.parameters())
+    if (p.scalar_type() == torch::kFloat64) return torch::kFloat64;
+  return torch::kFloat32;
+}
+}  // namespace
+
 at::Tensor ComboModelImpl::normalize(const at::Tensor& images) const {
   COMBO_CHECK(images.dim() == 4 && images.size(1) == 3,
               "ComboModel: expected images [N, 3, H, W], got ", images.sizes());
   const auto device = images.device();
-  auto x = (images.to(torch::kFloat32) - pixel_mean_.to(device)) / pixel_std_.to(device);
+  const auto dtype = compute_dtype(*backbone);
+  auto x = (images.to(dtype) - pixel_mean_.to(device, dtype)) / pixel_std_.to(device, dtype);
   const int64_t d = options.size_divisibility();
   if (d > 1) {
     const int64_t ph = (d - x.size(2) % d) % d;
@@ -130,7 +141,7 @@ at::Tensor ComboModelImpl::audio_embeddings(const at::Tensor& log_mel) {
   COMBO_PROFILE_SCOPE("VGGish");
   c10::optional<torch::NoGradGuard> no_grad;
   if (options.freeze_audio()) no_grad.emplace();
-  const auto x = log_mel.to(torch::kFloat32);
+  const auto x = log_mel.to(compute_dtype(*backbone));
   if (!options.cache_audio() || !options.freeze_audio()) return audio_backbone->forward(x);
 
   // Entries belong to the weights they were computed with: loading new weights (an in-place
@@ -144,10 +155,10 @@ at::Tensor ComboModelImpl::audio_embeddings(const at::Tensor& log_mel) {
   const auto host = x.to(torch::kCPU).contiguous();
   const int64_t n = host.size(0);
   const size_t example_bytes =
-      static_cast<size_t>(host.numel() / std::max<int64_t>(n, 1)) * sizeof(float);
+      static_cast<size_t>(host.numel() / std::max<int64_t>(n, 1)) * host.element_size();
   std::vector<at::Tensor> rows(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    const auto* bytes = reinterpret_cast<const char*>(host.data_ptr<float>()) + i * example_bytes;
+    const auto* bytes = static_cast<const char*>(host.data_ptr()) + i * example_bytes;
     const size_t key = std::hash<std::string_view>{}(std::string_view(bytes, example_bytes));
     auto it = audio_cache_.find(key);
     if (it == audio_cache_.end()) {

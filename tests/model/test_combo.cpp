@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
 #include <regex>
 #include <set>
 
@@ -388,7 +389,21 @@ TEST_F(ComboModelTest, BackboneWeightsGoIntoBothEncoders) {
   }
 }
 
+namespace {
+// The fixture's videos as model inputs on `device` (shapes from the file).
+ComboInputs fixture_inputs(const combo::testing::Fixture& fx, const at::Device& device) {
+  const auto images = fx.tensor("inputs/images");
+  ComboInputs in;
+  in.images = images.flatten(0, 1).to(device);
+  in.maskiges = fx.tensor("inputs/pre_masks").flatten(0, 1).to(device);
+  in.log_mel = fx.tensor("inputs/audio_log_mel").flatten(0, 1).to(device);
+  in.frames_per_video.assign(images.size(0), images.size(1));
+  return in;
+}
+}  // namespace
+
 TEST(ComboModelParity, FullModelInferenceMatchesTheOfficialCode) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "combo_full_pvt_b0.pt");
   const auto sd = fx.state_dict();
   const auto options = options_from_state_dict(sd);
@@ -400,24 +415,34 @@ TEST(ComboModelParity, FullModelInferenceMatchesTheOfficialCode) {
     EXPECT_EQ(combo::count_parameters(*model), fx.integer("info/num_params"));
   }
   model->eval();
-  const auto images = fx.tensor("inputs/images");
-  const int64_t videos = images.size(0), frames = images.size(1);
-  ComboInputs in;
-  in.images = images.flatten(0, 1);
-  in.maskiges = fx.tensor("inputs/pre_masks").flatten(0, 1);
-  in.log_mel = fx.tensor("inputs/audio_log_mel").flatten(0, 1);
-  in.frames_per_video.assign(videos, frames);
+  model->to(device);
+  const ComboInputs in = fixture_inputs(fx, device);
   torch::NoGradGuard no_grad;
-  auto p = model->predict(in);
+  // Float32 and float64 runs (same device); the float64 run gives the float32 error per frame.
+  combo::testing::parity_to(*model, torch::kFloat64);
+  const auto scores64 = model->predict(in).scores;
+  combo::testing::parity_to(*model, torch::kFloat32);
+  const auto scores32_1 =
+      combo::testing::official_threads([&] { return model->predict(in).scores; });
+  const auto p = model->predict(in);
   const auto ref = fx.tensor("outputs/sem_seg");
-  const auto per_frame = (ref - p.scores).abs().amax({1, 2, 3});
-  std::cout << "per-frame max |official - ours|: " << per_frame << std::endl;
-  // README tolerance: abs 1e-3, "the decoder's attention-mask thresholding can flip on
-  // near-zero logits". A frame beyond it passes only if it is such a flip: its scores must jump
-  // by more than 1e-3 when the input normalisation moves by one part in a million, i.e. the
-  // frame sits on a threshold where float32 rounding decides. Every other frame must meet 1e-3.
-  for (int64_t f = 0; f < per_frame.size(0); ++f) {
-    if (per_frame[f].item<double>() <= 1e-3) continue;
+  ASSERT_EQ(ref.sizes(), p.scores.sizes());
+  // A frame agrees when it meets the float32-derived bounds (testing.h Float32Budget) and our
+  // float32 and float64 runs took the same attention-mask decisions (they differ by less than the
+  // README's 1e-3 for a frame without a flip). The decoder thresholds mask logits at 0 and some
+  // lie within ~1e-5 of it, so float32 rounding (ours, the official one, or float64 against
+  // either) may flip a bit: a frame beyond the bounds passes only if it is such a flip, i.e. its
+  // scores jump by more than 1e-3 when the input normalisation moves by one part in a million,
+  // and then only within 5e-2 of the official output.
+  int64_t agreeing = 0;
+  for (int64_t f = 0; f < ref.size(0); ++f) {
+    const std::string what = "sem_seg frame " + std::to_string(f);
+    const std::vector<at::Tensor> ours32 = {p.scores[f], scores32_1[f]};
+    const auto e = combo::testing::float32_errors(ref[f], ours32, scores64[f]);
+    if (combo::testing::float32_parity(what, ref[f], ours32, scores64[f]) && e.max32 <= 1e-3) {
+      ++agreeing;
+      continue;
+    }
     double jump = 0.0;
     for (double eps : {1e-6, -1e-6}) {
       auto o = options;
@@ -426,33 +451,34 @@ TEST(ComboModelParity, FullModelInferenceMatchesTheOfficialCode) {
       ComboModel nudged(o.pixel_std(std_eps));
       combo::model::load_combo_checkpoint(*nudged, sd);
       nudged->eval();
+      nudged->to(device);
       auto q = nudged->predict(in);
       jump = std::max(jump, (q.scores[f] - p.scores[f]).abs().max().item<double>());
     }
-    std::cout << "frame " << f << ": " << per_frame[f].item<double>()
-              << " from the official output; moves by " << jump
+    const double from_official = combo::testing::max_abs_diff(ref[f], p.scores[f]);
+    std::cout << "[ INFO ] frame " << f << ": " << from_official << " from the official output, "
+              << e.max32 << " from our float64 output; moves by " << jump
               << " under a 1e-6 relative change of the input" << std::endl;
-    EXPECT_GT(jump, 1e-3) << "frame " << f << " differs by " << per_frame[f].item<double>()
-                          << " and is not on an attention-mask threshold";
-    EXPECT_LT(per_frame[f].item<double>(), 5e-2) << "frame " << f;
+    EXPECT_GT(jump, 1e-3) << what << " is beyond the float32 bounds and not on an attention-mask "
+                          << "threshold";
+    EXPECT_LT(from_official, 5e-2) << what;
   }
-  EXPECT_LT(std::get<0>(per_frame.median(0)).item<double>(), 1e-4);
+  // Flips are rare: most frames must agree within the float32 bounds.
+  EXPECT_GE(2 * agreeing, ref.size(0)) << agreeing << " of " << ref.size(0) << " frames agree";
 }
 
 TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
+  COMBO_TEST_DEVICE_OR_SKIP(device);
   COMBO_LOAD_FIXTURE_OR_SKIP(fx, "combo_full_pvt_b0.pt");
   const auto sd = fx.state_dict();
   // The fixture ran in train mode with every dropout and drop path disabled.
   ComboModel model(options_from_state_dict(sd).drop_path_rate(0.0).fusion_dropout(0.0));
   combo::model::load_combo_checkpoint(*model, sd, /*strict=*/true, fx.path().string());
   model->train();
+  model->to(device);
+  const ComboInputs in = fixture_inputs(fx, device);
   const auto images = fx.tensor("inputs/images");
   const int64_t videos = images.size(0), frames = images.size(1);
-  ComboInputs in;
-  in.images = images.flatten(0, 1);
-  in.maskiges = fx.tensor("inputs/pre_masks").flatten(0, 1);
-  in.log_mel = fx.tensor("inputs/audio_log_mel").flatten(0, 1);
-  in.frames_per_video.assign(videos, frames);
 
   // Targets through the trainer's path: the S4 mapper's label maps (frame 0 of each video
   // annotated, the other frames ignored), make_targets, and the criterion's padding of every
@@ -466,51 +492,93 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
   }
   const auto batch = combo::loss::make_targets(labels.flatten(0, 1), has_gt.flatten(),
                                                in.frames_per_video, combo::loss::DatasetKind::kS4);
-  const auto& targets = batch.targets;
-  const auto& layout = batch.layout;
   std::vector<at::Tensor> matcher_coords, mask_coords;
   for (const auto& t : fx.value("train/matcher_coords").toListRef())
     matcher_coords.push_back(t.toTensor());
   for (const auto& t : fx.value("train/mask_loss_coords").toListRef())
     mask_coords.push_back(t.toTensor());
-  combo::loss::ReplayPointSource points(matcher_coords, mask_coords);
   const int64_t classes = model->options.num_classes();
   combo::loss::SetCriterion criterion(
       combo::loss::SetCriterionOptions(classes).num_points(fx.integer("info/train_num_points")));
-
-  auto out = model->forward(in);
-  std::cout << "frames " << out.input_height << "x" << out.input_width << ", padded to "
-            << out.padded_height << "x" << out.padded_width << std::endl;
-  std::vector<std::vector<combo::loss::MatchIndices>> matches;
-  auto losses =
-      criterion->forward(combo::model::criterion_inputs(out), targets, layout, &points, &matches);
   const auto ref_losses = fx.tensors("train/losses");
-  ASSERT_EQ(losses.size(), ref_losses.size());
-  at::Tensor total = torch::zeros({});
+  const auto ref_grads = fx.tensors("train/param_grads");
+
+  // One training step in `dtype` with the stored point sets replayed. The criterion (src/loss)
+  // computes in float32 whatever the model's dtype, as under autocast, so the float64 run's
+  // losses carry the criterion's float32 rounding (~1e-7 relative); the model, where the float32
+  // error comes from, runs in float64.
+  struct Step {
+    std::map<std::string, at::Tensor> values;
+    std::vector<std::vector<combo::loss::MatchIndices>> matches;
+  };
+  auto run = [&](at::ScalarType dtype) {
+    combo::testing::parity_to(*model, dtype);
+    combo::loss::ReplayPointSource points(matcher_coords, mask_coords);
+    Step step;
+    auto out = model->forward(in);
+    std::cout << "[ INFO ] " << c10::toString(dtype) << ": frames " << out.input_height << "x"
+              << out.input_width << ", padded to " << out.padded_height << "x"
+              << out.padded_width << std::endl;
+    auto losses = criterion->forward(combo::model::criterion_inputs(out), batch.targets,
+                                     batch.layout, &points, &step.matches);
+    EXPECT_EQ(losses.size(), ref_losses.size());
+    at::Tensor total = torch::zeros({}, losses.begin()->second.options());
+    for (const auto& [name, l] : losses) {
+      step.values["train/losses/" + name] = l.detach();
+      total = total + l;
+    }
+    step.values["train/total_loss"] = total.detach();
+    total.backward();
+    const auto params = combo::module_state_dict(*model);
+    for (const auto& [name, r] : ref_grads) {
+      EXPECT_TRUE(params.count(name)) << name;
+      if (params.count(name)) step.values["train/param_grads/" + name] = params.at(name).grad();
+    }
+    return step;
+  };
+  const Step s64 = run(torch::kFloat64);
+  const Step s32_1 = combo::testing::official_threads([&] { return run(torch::kFloat32); });
+  const Step s32 = run(torch::kFloat32);
+  // The losses' own float32 arithmetic (the criterion's, common to all our runs) is not measured
+  // by them: the cosine loss averages exp(-(1 - cos)) * (1 - cos) over frame pairs with cos near
+  // 1, where float32 rounds cos by ~6e-8 absolute per pair; the official losses are up to 4e-6 of
+  // their value off ours64 where our runs differ by 1e-7. Floor for the losses: 1e-5 of the
+  // value (the README's rel 1e-4 before; the planted bugs move them by more than 1e-4).
+  combo::testing::Float32Budget loss_budget;
+  loss_budget.floor_fraction = 1e-5;
   for (const auto& [name, ref] : ref_losses) {
-    ASSERT_TRUE(losses.count(name)) << name;
-    EXPECT_TENSOR_NEAR_REL(ref, losses.at(name).detach(), 1e-4) << name;
-    total = total + losses.at(name);
+    const std::string key = "train/losses/" + name;
+    ASSERT_TRUE(s32.values.count(key)) << name;
+    EXPECT_TRUE(combo::testing::float32_parity(
+        key, ref, {s32.values.at(key), s32_1.values.at(key)}, s64.values.at(key), loss_budget));
   }
-  EXPECT_TENSOR_NEAR_REL(fx.tensor("train/total_loss"), total.detach(), 1e-4);
+  const std::string total = "train/total_loss";
+  EXPECT_TRUE(combo::testing::float32_parity(total, fx.tensor(total),
+                                             {s32.values.at(total), s32_1.values.at(total)},
+                                             s64.values.at(total), loss_budget));
+  for (const auto& [name, ref] : ref_grads) {
+    const std::string key = "train/param_grads/" + name;
+    ASSERT_TRUE(s32.values.at(key).defined()) << key;
+    EXPECT_FLOAT32_PARITY_RUNS(key, ref, s64.values.at(key), s32.values.at(key),
+                               s32_1.values.at(key));
+  }
 
   const auto ref_matches = fx.value("train/matcher_indices").toListRef();
-  ASSERT_EQ(matches.size(), ref_matches.size());
-  for (size_t call = 0; call < matches.size(); ++call) {
-    const auto per_image = ref_matches[call].toListRef();
-    ASSERT_EQ(matches[call].size(), per_image.size());
-    for (size_t i = 0; i < per_image.size(); ++i) {
-      const auto ref = per_image[i].toTensor();
-      EXPECT_TENSOR_EQ(ref[0], matches[call][i].queries) << "call " << call << " image " << i;
-      EXPECT_TENSOR_EQ(ref[1], matches[call][i].targets) << "call " << call << " image " << i;
+  for (const Step* step : {&s32, &s32_1, &s64}) {
+    const auto& matches = step->matches;
+    const std::string run = step == &s64 ? "float64" : step == &s32 ? "float32" : "float32, 1 thread";
+    ASSERT_EQ(matches.size(), ref_matches.size());
+    for (size_t call = 0; call < matches.size(); ++call) {
+      const auto per_image = ref_matches[call].toListRef();
+      ASSERT_EQ(matches[call].size(), per_image.size());
+      for (size_t i = 0; i < per_image.size(); ++i) {
+        const auto ref = per_image[i].toTensor();
+        EXPECT_TENSOR_EQ(ref[0], matches[call][i].queries)
+            << run << " call " << call << " image " << i;
+        EXPECT_TENSOR_EQ(ref[1], matches[call][i].targets)
+            << run << " call " << call << " image " << i;
+      }
     }
-  }
-
-  total.backward();
-  const auto params = combo::module_state_dict(*model);
-  for (const auto& [name, ref] : fx.tensors("train/param_grads")) {
-    ASSERT_TRUE(params.count(name)) << name;
-    EXPECT_TENSOR_NEAR_REL(ref, params.at(name).grad(), 1e-3) << name;
   }
 }
 
