@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the dependencies, configures, builds and runs the whole CTest suite; then builds the
 # configuration without the media stack (-DCOMBO_WITH_MEDIA=OFF), checks that none of its targets
-# links OpenCV, FFmpeg or libsndfile, and runs its media-free tests (label media_free).
+# links OpenCV, FFmpeg or libsndfile, runs its media-free tests (label media_free) and
+# `scripts/gpu_check.sh --cpu` on it.
 # Exits non-zero on any failure. Environment: COMBO_BUILD_DIR (default build),
 # COMBO_NOMEDIA_BUILD_DIR (default build-nomedia; COMBO_SKIP_NOMEDIA=1 skips that part),
 # COMBO_REFERENCE_DIR (golden fixtures; default ../shared/fixtures/reference), CTEST_ARGS.
@@ -49,4 +50,10 @@ echo "test.sh: media-free build took $(( $(date +%s) - start )) s"
 scripts/check_media_free.sh "$nomedia"
 cd "$nomedia"
 ctest --output-on-failure --no-tests=error -j "$jobs" -L media_free ${CTEST_ARGS:-}
+cd "$root"
+# The GPU check's sequence at tiny sizes on the CPU (what needs a GPU is skipped with the reason),
+# so the script is known to work before it meets a GPU.
+# Its test stage runs the cuda label only here: the parity tests ran above.
+GPU_CHECK_TEST_LABELS=cuda GPU_CHECK_OUT=${GPU_CHECK_OUT:-$nomedia/gpu_check_out} \
+    scripts/gpu_check.sh --cpu --build "$nomedia"
 echo "test.sh: media-free configuration took $(( $(date +%s) - start )) s"

@@ -28,15 +28,16 @@
 
 #include "combo/audio/log_mel.h"
 #include "combo/core/check.h"
+#include "combo/core/device.h"
 #include "combo/core/env.h"
 #include "combo/core/profile.h"
 #include "combo/core/state_dict.h"
 #include "combo/data/loader.h"
 #include "combo/data/sample.h"
-#include "combo/data/synthetic.h"
 #if defined(COMBO_WITH_MEDIA)
-#include "combo/engine/build_model.h"
+#include "combo/data/synthetic.h"
 #endif
+#include "combo/engine/build_model.h"
 #include "combo/engine/config.h"
 #include "combo/engine/data_setup.h"
 #include "combo/engine/tool.h"
@@ -168,6 +169,8 @@ struct Figure {
   bool peak_rss_scoped = true;  ///< false: the process's peak since start
   int64_t peak_heap_live = -1;  ///< peak of live C-heap bytes in the timed runs (-1: unknown)
   double page_faults = 0;       ///< minor page faults per timed run (touching fresh memory)
+  /// CUDA caching allocator peaks over the warm-up and timed runs (-1: not on a GPU).
+  int64_t peak_gpu_allocated = -1, peak_gpu_reserved = -1;
   std::map<std::string, std::vector<double>> components;
   json extra = json::object();
 };
@@ -179,6 +182,10 @@ json figure_json(const Figure& f) {
   j["peak_rss_scope"] = f.peak_rss_scoped ? "figure" : "process";
   if (f.peak_heap_live >= 0) j["peak_heap_live_bytes"] = f.peak_heap_live;
   j["page_faults_per_run"] = f.page_faults;
+  if (f.peak_gpu_reserved >= 0) {
+    j["peak_gpu_allocated_bytes"] = f.peak_gpu_allocated;
+    j["peak_gpu_reserved_bytes"] = f.peak_gpu_reserved;
+  }
   if (!f.components.empty()) {
     json c = json::object();
     for (const auto& [k, v] : f.components) c[k] = stats_json(stats(v));
@@ -214,6 +221,8 @@ template <class F>
 void measure(Figure& fig, int warmup, int runs, const Clock& clock, F&& body,
              combo::prof::Profile* profile = nullptr, int heap_sample_ms = 0,
              std::ostream* trace = nullptr) {
+  const c10::Device gpu(c10::kCUDA);  // the current CUDA device
+  if (clock.cuda) combo::reset_peak_gpu_memory(gpu);
   for (int i = 0; i < warmup; ++i) body();
   fig.peak_rss_scoped = reset_peak_rss();
   std::optional<HeapSampler> heap;
@@ -231,6 +240,11 @@ void measure(Figure& fig, int warmup, int runs, const Clock& clock, F&& body,
     }
   }
   fig.peak_rss = proc_status_bytes("VmHWM");
+  if (clock.cuda) {
+    const auto m = combo::gpu_memory(gpu);
+    fig.peak_gpu_allocated = m.peak_allocated;
+    fig.peak_gpu_reserved = m.peak_reserved;
+  }
   fig.page_faults = static_cast<double>(minor_page_faults() - faults_before) / runs;
   if (heap) {
     heap->stop();
@@ -363,7 +377,7 @@ int main(int argc, char** argv) {
   std::string config_file = "configs/avs_s4/COMBO_PVTV2B5_bs8_90k.yaml";
   std::vector<std::string> overrides;
   std::string what = "inference,train";
-  std::string label, json_out, device_name = "cpu", data_root;
+  std::string label, json_out, device_name = "auto", data_root;
   int warmup = 2, runs = 5, threads = 0, heap_sample_ms = 0;
   int64_t videos = 1, frames = 5, size = 0, loader_videos = 64;
   bool keep_weights = false;
@@ -377,7 +391,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed runs first")->capture_default_str();
   app.add_option("--runs", runs, "timed runs per figure")->capture_default_str();
   app.add_option("--threads", threads, "intra-op threads (0 = every core)")->capture_default_str();
-  app.add_option("--device", device_name, "cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--device", device_name, "auto | cpu | cuda | cuda:N")->capture_default_str();
   app.add_option("--videos", videos, "videos per clip batch")->capture_default_str();
   app.add_option("--frames", frames, "frames per video")->capture_default_str();
   app.add_option("--size", size, "frame size (0 = the config's data.image_size)");
@@ -421,9 +435,9 @@ int main(int argc, char** argv) {
     }
     if (size <= 0) size = cfg.data.image_size;
     const auto info = combo::setup_runtime(threads, 0);
-    const at::Device device(device_name);
-    COMBO_CHECK(!device.is_cuda() || torch::cuda::is_available(), "combo-bench: --device ",
-                device_name, " but LibTorch sees no CUDA device");
+    const at::Device device = combo::resolve_device(device_name, "--device");
+    cfg.runtime.device = device.str();  // what device-dependent defaults resolve against
+    combo::set_tf32(cfg.runtime.tf32);
     Clock clock{device.is_cuda()};
     std::set<std::string> todo;
     {
@@ -544,22 +558,6 @@ int main(int argc, char** argv) {
       // without the media stack).
       auto lcfg = cfg;
       lcfg.data.dataset = "s4";
-      auto set = combo::engine::build_dataset(lcfg, lcfg.data.train_split, /*train=*/true);
-      auto lo = combo::engine::train_loader_options(lcfg);
-      lo.infinite = false;
-      Figure fig{name, "videos/s"};
-      measure(fig, std::min(warmup, 1), runs, Clock{}, [&] {
-        combo::data::DataLoader loader(set, lo);
-        while (loader.next()) {
-        }
-      });
-      for (auto& v : fig.values) v = static_cast<double>(set->size()) / v;
-      fig.extra = json{{"videos", set->size()},
-                       {"workers", lo.num_workers},
-                       {"batch_videos", lo.batch_videos},
-                       {"source", lcfg.data.source}};
-      figures.push_back(std::move(fig));
-      if (tmp) fs::remove_all(*tmp);
       const bool in_memory = cfg.data.source == "synthetic" ||
                              (!combo::engine::has_media_stack() && data_root.empty());
       std::optional<fs::path> tmp;
@@ -586,6 +584,22 @@ int main(int argc, char** argv) {
         }
 #endif
       }
+      auto set = combo::engine::build_dataset(lcfg, lcfg.data.train_split, /*train=*/true);
+      auto lo = combo::engine::train_loader_options(lcfg);
+      lo.infinite = false;
+      Figure fig{name, "videos/s"};
+      measure(fig, std::min(warmup, 1), runs, Clock{}, [&] {
+        combo::data::DataLoader loader(set, lo);
+        while (loader.next()) {
+        }
+      });
+      for (auto& v : fig.values) v = static_cast<double>(set->size()) / v;
+      fig.extra = json{{"videos", set->size()},
+                       {"workers", lo.num_workers},
+                       {"batch_videos", lo.batch_videos},
+                       {"source", lcfg.data.source}};
+      figures.push_back(std::move(fig));
+      if (tmp) fs::remove_all(*tmp);
     }
 
     // --- report -------------------------------------------------------------------------------

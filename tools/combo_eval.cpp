@@ -14,6 +14,7 @@
 #include "combo/engine/build_model.h"
 #include "combo/engine/config.h"
 #include "combo/engine/data_setup.h"
+#include "combo/engine/device_setup.h"
 #include "combo/engine/evaluation.h"
 #include "combo/engine/logging.h"
 #include "combo/engine/report.h"
@@ -57,12 +58,12 @@ int main(int argc, char** argv) {
 
   return combo::engine::run_tool([&] {
     auto cfg = combo::engine::load_config(config_file, overrides);
-    if (split.empty()) split = cfg.data.test_split;
     combo::engine::PictureOptions pictures_options;
     pictures_options.overlays = overlays;
     pictures_options.videos = videos;
     // Before any work: a build without the media stack says at once that it cannot draw.
     combo::engine::PredictionPictures(pictures_options, nullptr);
+    if (split.empty()) split = cfg.data.test_split;
     if (out_dir.empty()) out_dir = (fs::path(cfg.output_dir) / ("eval_" + split)).string();
     fs::create_directories(out_dir);
     combo::engine::setup_logging(out_dir);
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
     cfg.model.audio.weights.clear();
     auto model = combo::engine::build_model(cfg);
     combo::engine::load_model_weights(*model, weights);
-    const at::Device device(cfg.runtime.device);
+    const at::Device device = combo::engine::setup_device(cfg).device;
     model->to(device);
 
     const auto kind = combo::loss::parse_dataset_kind(cfg.data.dataset);
@@ -105,10 +106,10 @@ int main(int argc, char** argv) {
     eo.device = device;
     eo.log_every = every;
     eo.max_videos = max_videos;
-    eo.on_video = [&](const combo::engine::VideoPrediction& v) {
     pictures_options.out_dir = out_dir;
     pictures_options.semantic = semantic;
     const combo::engine::PredictionPictures pictures(pictures_options, dataset);
+    eo.on_video = [&](const combo::engine::VideoPrediction& v) {
       pictures.write(v);
       if (g_stop) throw Interrupted();
     };

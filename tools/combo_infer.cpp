@@ -16,6 +16,7 @@
 #include "combo/core/state_dict.h"
 #include "combo/engine/build_model.h"
 #include "combo/engine/config.h"
+#include "combo/engine/device_setup.h"
 #include "combo/engine/logging.h"
 #include "combo/engine/report.h"
 #include "combo/engine/tool.h"
@@ -125,7 +126,7 @@ int main(int argc, char** argv) {
     if (!weights.empty()) combo::engine::load_model_weights(*model, weights);
     COMBO_CHECK(!weights.empty() || !cfg.model.weights.empty(),
                 "no weights: give --weights or set model.weights");
-    const at::Device device(cfg.runtime.device);
+    const at::Device device = combo::engine::setup_device(cfg).device;
     model->to(device);
     model->eval();
     const bool semantic = cfg.model.num_classes > 2;

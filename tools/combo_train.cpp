@@ -14,6 +14,7 @@
 #include "combo/engine/build_model.h"
 #include "combo/engine/config.h"
 #include "combo/engine/data_setup.h"
+#include "combo/engine/device_setup.h"
 #include "combo/engine/distributed.h"
 #include "combo/engine/evaluation.h"
 #include "combo/engine/logging.h"
@@ -70,7 +71,9 @@ int main(int argc, char** argv) {
     // Several processes (torchrun / Slurm): one c10d process group, one device per local rank.
     const auto dist = combo::engine::dist_env_from_environment();
     const int rank = dist.rank;
-    at::Device device(cfg.runtime.device);
+    if (dist.distributed() && cfg.runtime.device == "auto" && combo::cuda_available())
+      cfg.runtime.device = "cuda";
+    at::Device device = combo::resolve_device(cfg.runtime.device);
     if (dist.distributed() && device.is_cuda()) {
       device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(dist.local_rank));
       cfg.runtime.device = device.str();
@@ -112,6 +115,8 @@ int main(int argc, char** argv) {
                                            static_cast<uint64_t>(cfg.runtime.seed + rank));
     spdlog::info("combo-train {} | {}", config_file, info.to_string());
     spdlog::info("seed {}", cfg.runtime.seed);
+    const auto device_setup = combo::engine::setup_device(cfg);
+    device = device_setup.device;
     if (group)
       spdlog::info("distributed: {}, backend {}, timeout {} s", dist.to_string(), group->backend(),
                    group->timeout_seconds());
@@ -120,6 +125,8 @@ int main(int argc, char** argv) {
       combo::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), yaml);
       combo::write_file_atomic((fs::path(cfg.output_dir) / "env.json").string(),
                                info.to_json() + "\n");
+      combo::write_file_atomic((fs::path(cfg.output_dir) / "device.json").string(),
+                               device_setup.info.to_json() + "\n");
     }
 
     const auto kind = combo::loss::parse_dataset_kind(cfg.data.dataset);

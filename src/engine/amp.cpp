@@ -1,45 +1,22 @@
 #include "combo/engine/amp.h"
 
-#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
 #include "combo/core/check.h"
 
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-#define COMBO_AUTOCAST_PER_DEVICE 1
-#else
-#define COMBO_AUTOCAST_PER_DEVICE 0
-#endif
-
 namespace combo::engine {
 
-AutocastGuard::AutocastGuard(at::ScalarType dtype) {
-#if COMBO_AUTOCAST_PER_DEVICE
-  prev_enabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
-  prev_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
-  at::autocast::set_autocast_enabled(at::kCUDA, true);
-  at::autocast::set_autocast_dtype(at::kCUDA, dtype);
-#else
-  prev_enabled_ = at::autocast::is_enabled();
-  prev_dtype_ = at::autocast::get_autocast_gpu_dtype();
-  at::autocast::set_enabled(true);
-  at::autocast::set_autocast_gpu_dtype(dtype);
-#endif
-  at::autocast::increment_nesting();
+namespace {
+AutocastState cuda_autocast(at::ScalarType dtype) {
+  AutocastState s = AutocastState::current();
+  s.cuda_enabled = true;
+  s.cuda_dtype = dtype;
+  return s;
 }
+}  // namespace
 
-AutocastGuard::~AutocastGuard() {
-  // As torch.autocast.__exit__: the cast cache lives as long as the outermost region.
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-#if COMBO_AUTOCAST_PER_DEVICE
-  at::autocast::set_autocast_enabled(at::kCUDA, prev_enabled_);
-  at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
-#else
-  at::autocast::set_enabled(prev_enabled_);
-  at::autocast::set_autocast_gpu_dtype(prev_dtype_);
-#endif
-}
+AutocastGuard::AutocastGuard(at::ScalarType dtype) : scope_(cuda_autocast(dtype)) {}
 
 at::ScalarType amp_dtype_from_string(const std::string& name) {
   if (name == "fp16") return at::kHalf;

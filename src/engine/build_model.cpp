@@ -6,16 +6,34 @@
 #include <filesystem>
 
 #include "combo/core/check.h"
+#include "combo/core/device.h"
 #include "combo/core/state_dict.h"
 
 namespace combo::engine {
+
+bool default_activation_checkpointing(const c10::Device& device) {
+  // CPU (2 cores, S4 clip of 5 frames at 224): 0.3-1.3 GB less peak memory for 13-25 % more
+  // time per step (README "Speed"). GPU: memory decides whether the paper's batch fits a card
+  // (AVSS, 8 videos of 10 frames in fp16 AMP); see bench/gpu/h200.md for the H200 figures.
+  (void)device;
+  return true;
+}
+
+bool activation_checkpointing(const Config& config) {
+  const std::string& v = config.model.activation_checkpointing;
+  if (v == "true") return true;
+  if (v == "false") return false;
+  COMBO_CHECK(v == "auto", "model.activation_checkpointing: expected auto | true | false, got '", v,
+              "'");
+  return default_activation_checkpointing(resolve_device(config.runtime.device));
+}
 
 model::ComboModelOptions model_options(const Config& config) {
   const auto& m = config.model;
   return model::ComboModelOptions()
       .backbone(m.backbone.name)
       .drop_path_rate(m.backbone.drop_path_rate)
-      .activation_checkpointing(m.activation_checkpointing)
+      .activation_checkpointing(activation_checkpointing(config))
       .pre_sam(m.pre_sam.enabled)
       .shared_encoders(m.pre_sam.shared)
       .audio_dim(m.audio.dim)

@@ -44,9 +44,12 @@ int SignalGuard::requested() { return g_requested.load(); }
 void SignalGuard::clear() { g_requested.store(0); }
 
 bool all_finite(const TensorDict& losses) {
-  for (const auto& [k, v] : losses)
-    if (!std::isfinite(v.detach().to(at::kCPU, at::kDouble).sum().item<double>())) return false;
-  return true;
+  // One reading from the device for all the losses (not one per loss).
+  std::vector<at::Tensor> sums;
+  sums.reserve(losses.size());
+  for (const auto& [k, v] : losses) sums.push_back(v.detach().to(at::kDouble).sum());
+  if (sums.empty()) return true;
+  return at::isfinite(at::stack(sums)).all().item<bool>();
 }
 
 std::string format_losses(const TensorDict& losses) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "combo/core/check.h"
+#include "combo/core/device.h"
 #include "combo/core/profile.h"
 #include "combo/engine/config.h"
 #include "combo/engine/signals.h"
@@ -60,12 +61,77 @@ std::string rng_key(int rank, const char* gen) {
   return "rng_rank" + std::to_string(rank) + "." + gen;
 }
 
-// Window means for the writers.
+// Window means for the writers. The losses are summed where they live (on the GPU) and read
+// once per log period.
 struct Window {
   std::map<std::string, double> loss_sums;
   double total_sum = 0.0, time_sum = 0.0, data_sum = 0.0;
   int64_t losses_count = 0, time_count = 0;
+  std::vector<std::string> keys;  // the loss names summed in `device_sums` (then the total)
+  at::Tensor device_sums;         // float64 [keys + 1] on the losses' device
   void reset() { *this = Window(); }
+
+  void add(const TensorDict& losses) {
+    std::vector<std::string> names;
+    std::vector<at::Tensor> values;
+    at::Tensor total;
+    for (const auto& [k, v] : losses) {
+      names.push_back(k);
+      at::Tensor x = v.detach().to(at::kDouble).sum();
+      total = total.defined() ? total + x : x;
+      values.push_back(x);
+    }
+    values.push_back(total);
+    if (device_sums.defined() && names != keys) read();  // another set of losses: settle first
+    at::Tensor step = at::stack(values);
+    device_sums = device_sums.defined() ? device_sums + step : step;
+    keys = std::move(names);
+    ++losses_count;
+  }
+  // Adds the device sums into loss_sums/total_sum (one transfer) and clears them.
+  void read() {
+    if (!device_sums.defined()) return;
+    const at::Tensor host = device_sums.to(at::kCPU);
+    const double* p = host.data_ptr<double>();
+    for (size_t i = 0; i < keys.size(); ++i) loss_sums[keys[i]] += p[i];
+    total_sum += p[keys.size()];
+    device_sums = at::Tensor();
+  }
+};
+
+/// The batch source as the training loop sees it: batches moved to the model's device. With
+/// `prefetch` (on a GPU) the next batch is fetched and its copy queued as soon as a step has been
+/// queued, so the loader's and the host's work overlap the GPU's. position() is where the source
+/// stands after the batches handed out, not after the one prefetched, so checkpoints resume
+/// exactly.
+class DeviceBatches : public BatchSource {
+ public:
+  DeviceBatches(BatchSource& source, const at::Device& device, bool prefetch)
+      : source_(source), device_(device), prefetch_(prefetch), position_(source.position()) {}
+  TrainBatch next() override {
+    if (!ready_) fetch();
+    TrainBatch out = std::move(*ready_);
+    ready_.reset();
+    position_ = ready_position_;
+    return out;
+  }
+  /// Fetches the next batch now (with prefetching on).
+  void prefetch() {
+    if (prefetch_ && !ready_) fetch();
+  }
+  std::pair<int64_t, int64_t> position() const override { return position_; }
+
+ private:
+  void fetch() {
+    ready_ = batch_to_device(source_.next(), device_);
+    ready_position_ = source_.position();
+  }
+  BatchSource& source_;
+  at::Device device_;
+  bool prefetch_;
+  std::optional<TrainBatch> ready_;
+  std::pair<int64_t, int64_t> ready_position_{0, 0};
+  std::pair<int64_t, int64_t> position_;
 };
 
 }  // namespace
@@ -77,6 +143,7 @@ TrainerOptions trainer_options_from_config(const Config& config) {
   o.checkpoint_period = config.solver.checkpoint_period;
   o.keep_last = config.solver.keep_last;
   o.eval_period = config.test.eval_period;
+  o.log_period = config.solver.log_period;
   o.optimizer = optimizer_options_from_config(config);
   o.schedule = lr_schedule_options_from_config(config);
   o.clip = grad_clip_options_from_config(config);
@@ -92,8 +159,16 @@ TrainerOptions trainer_options_from_config(const Config& config) {
 
 TrainBatch batch_to_device(const TrainBatch& batch, const at::Device& device) {
   TrainBatch out = batch;
+  // To a GPU: from pinned memory, without waiting for the copy (the caching host allocator keeps
+  // the pinned buffer until the copy is done).
+  const bool async = device.is_cuda();
   auto move = [&](at::Tensor& t) {
-    if (t.defined()) t = t.to(device);
+    if (!t.defined() || t.device() == device) return;
+    if (async && t.is_cpu()) {
+      t = (t.is_pinned() ? t : t.pin_memory()).to(device, /*non_blocking=*/true);
+    } else {
+      t = t.to(device);
+    }
   };
   move(out.inputs.images);
   move(out.inputs.maskiges);
@@ -303,7 +378,7 @@ void Trainer::evaluate(int64_t iteration, const BatchSource& source) {
   }
 }
 
-StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
+StepResult Trainer::step(const TrainBatch& batch, int64_t t, bool read_values) {
   StepResult r;
   // Before the forward pass, so the last step's gradients (0.76 GB for PVT-v2-b5) are not kept
   // through it: they would add to the activations at the peak.
@@ -372,13 +447,15 @@ StepResult Trainer::step(const TrainBatch& batch, int64_t t) {
     }
     if (scaler_) scaler_->update();
   }
-  for (const auto& [k, v] : r.loss_tensors) r.losses[k] = v.item<double>();
-  r.total = total.item<double>();
+  if (read_values) {
+    for (const auto& [k, v] : r.loss_tensors) r.losses[k] = v.item<double>();
+    r.total = total.item<double>();
+  }
   r.updated = !overflow;
   return r;
 }
 
-TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
+TrainResult Trainer::run(BatchSource& loader_source, int64_t start_iter) {
   COMBO_CHECK(start_iter >= 0 && start_iter <= options_.max_iter, "Trainer::run: start_iter ",
               start_iter, " outside [0, ", options_.max_iter, "]");
   if (is_main())
@@ -405,6 +482,9 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
       amp_active_ ? (amp_dtype_ == at::kHalf ? " with fp16 AMP" : " with bf16 AMP") : " in fp32");
   TrainResult result;
   result.last_iteration = start_iter - 1;
+  // Prefetching changes when the source is asked for a batch, not what it returns (see
+  // TrainerOptions::prefetch).
+  DeviceBatches source(loader_source, device_, options_.prefetch.value_or(device_.is_cuda()));
   IterationTimer timer;
   Window window;
   const auto base_lrs = optimizer_.base_lrs();
@@ -412,15 +492,12 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
   for (int64_t t = start_iter; t < options_.max_iter; ++t) {
     timer.start();
     schedule_.apply(*optimizer_.adamw, base_lrs, t);
-    TrainBatch batch = batch_to_device(source.next(), device_);
+    TrainBatch batch = source.next();
     timer.data_ready();
 
-    const StepResult step_result = step(batch, t);
-    if (step_result.finite) {
-      for (const auto& [k, v] : step_result.losses) window.loss_sums[k] += v;
-      window.total_sum += step_result.total;
-      ++window.losses_count;
-    }
+    const StepResult step_result = step(batch, t, /*read_values=*/false);
+    if (t + 1 < options_.max_iter) source.prefetch();
+    if (step_result.finite) window.add(step_result.loss_tensors);
     const TensorDict& losses = step_result.loss_tensors;
     result.last_iteration = t;
     loader_position_ = source.position();
@@ -445,6 +522,7 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
     if (after_step_) after_step_(t, losses);
 
     if ((t + 1) % options_.log_period == 0 || last) {
+      window.read();
       if (group_) {
         // Sums over the ranks (every rank has the same loss keys: they agree on skipped steps).
         std::vector<double> v{window.total_sum, static_cast<double>(window.losses_count),
@@ -473,6 +551,12 @@ TrainResult Trainer::run(BatchSource& source, int64_t start_iter) {
       r.eta_seconds = timer.eta(options_.max_iter - t - 1);
       if (skipped_ > 0) r.extra["skipped_steps"] = static_cast<double>(skipped_);
       if (scaler_) r.extra["loss_scale"] = scaler_->scale_value();
+      if (device_.is_cuda()) {
+        const GpuMemory m = gpu_memory(device_);
+        r.extra["gpu_mem_allocated"] = static_cast<double>(m.allocated);
+        r.extra["gpu_mem_peak_allocated"] = static_cast<double>(m.peak_allocated);
+        r.extra["gpu_mem_peak_reserved"] = static_cast<double>(m.peak_reserved);
+      }
       for (const auto& [k, v] : pending_eval_) r.extra[k] = v;
       pending_eval_.clear();
       for (const auto& w : writers) w->write(r);

@@ -127,7 +127,12 @@ at::Tensor ComboModelImpl::normalize(const at::Tensor& images) const {
               "ComboModel: expected images [N, 3, H, W], got ", images.sizes());
   const auto device = images.device();
   const auto dtype = compute_dtype(*backbone);
-  auto x = (images.to(dtype) - pixel_mean_.to(device, dtype)) / pixel_std_.to(device, dtype);
+  if (!pixel_mean_device_.defined() || pixel_mean_device_.device() != device ||
+      pixel_mean_device_.scalar_type() != dtype) {
+    pixel_mean_device_ = pixel_mean_.to(device, dtype);
+    pixel_std_device_ = pixel_std_.to(device, dtype);
+  }
+  auto x = (images.to(dtype) - pixel_mean_device_) / pixel_std_device_;
   const int64_t d = options.size_divisibility();
   if (d > 1) {
     const int64_t ph = (d - x.size(2) % d) % d;

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "combo/core/check.h"
+#include "combo/data/avsbench.h"
 #include "combo/data/loader.h"
 #include "testing/data_tree.h"
 #include "testing/testing.h"

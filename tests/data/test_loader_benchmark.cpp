@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "combo/core/env.h"
+#include "combo/data/avsbench.h"
 #include "combo/data/loader.h"
 #include "combo/data/synthetic.h"
 #include "testing/testing.h"

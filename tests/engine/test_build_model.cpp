@@ -1,5 +1,7 @@
 // build_model: config keys that only switch how the model computes reach every module.
 #include "combo/engine/build_model.h"
+
+#include "combo/core/device.h"
 #include "combo/engine/config.h"
 #include "testing/testing.h"
 
@@ -22,10 +24,15 @@ TEST(BuildModelTest, ActivationCheckpointingIsOnByDefaultAndTheKeyTurnsItOffEver
   auto cfg = small_config();
   ASSERT_TRUE(cfg.model.pre_sam.enabled);
   ASSERT_FALSE(cfg.model.pre_sam.shared);
+  ASSERT_EQ(cfg.model.activation_checkpointing, "auto");
+  EXPECT_EQ(engine::activation_checkpointing(cfg),
+            engine::default_activation_checkpointing(combo::resolve_device(cfg.runtime.device)));
+  EXPECT_TRUE(engine::default_activation_checkpointing(c10::Device(c10::kCPU)));
   for (bool on : {true, false}) {
     SCOPED_TRACE(on);
-    if (!on) engine::apply_overrides(cfg, {"model.activation_checkpointing=false"});
-    EXPECT_EQ(cfg.model.activation_checkpointing, on);
+    engine::apply_overrides(
+        cfg, {std::string("model.activation_checkpointing=") + (on ? "true" : "false")});
+    EXPECT_EQ(engine::activation_checkpointing(cfg), on);
     auto model = engine::build_model(cfg);
     EXPECT_EQ(model->options.activation_checkpointing(), on);
     EXPECT_EQ(model->backbone->checkpoint_blocks, on);

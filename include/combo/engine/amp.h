@@ -7,22 +7,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "combo/core/autocast.h"
 #include "combo/core/state_dict.h"
 
 namespace combo::engine {
 
 /// Turns CUDA autocast on with `dtype` (kHalf or kBFloat16) for its lifetime and restores the
-/// previous state after (LibTorch 1.13: at::autocast::set_enabled; 2.4+: the per-device calls).
+/// previous state after (combo::AutocastScope holds the version-specific calls).
 class AutocastGuard {
  public:
   explicit AutocastGuard(at::ScalarType dtype);
-  ~AutocastGuard();
-  AutocastGuard(const AutocastGuard&) = delete;
-  AutocastGuard& operator=(const AutocastGuard&) = delete;
 
  private:
-  bool prev_enabled_ = false;
-  at::ScalarType prev_dtype_ = at::kHalf;
+  AutocastScope scope_;
 };
 
 /// "fp16" -> kHalf, "bf16" -> kBFloat16; anything else throws combo::Error naming solver.amp.dtype.

@@ -1,10 +1,21 @@
 #pragma once
 /// Building the COMBO model from the configuration (the network code never sees the config).
+#include <c10/core/Device.h>
+
 #include "combo/engine/config.h"
 #include "combo/loss/criterion.h"
 #include "combo/model/combo.h"
 
 namespace combo::engine {
+
+/// Whether activation checkpointing is on by default on `device` (model.activation_checkpointing
+/// = auto). The one definition of that default; see its comment in build_model.cpp for the
+/// measurements behind it.
+bool default_activation_checkpointing(const c10::Device& device);
+
+/// model.activation_checkpointing resolved: true | false as given, auto by the default of the
+/// device runtime.device names (auto resolved as combo::resolve_device does).
+bool activation_checkpointing(const Config& config);
 
 /// Model options from `config.model` (and the input normalisation).
 model::ComboModelOptions model_options(const Config& config);

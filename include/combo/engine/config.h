@@ -84,8 +84,10 @@ struct ModelConfig {
   std::string weights;  ///< full-model state dict to start from ("" = none)
   /// Recompute the image encoders' blocks and the deformable encoder layers in backward instead
   /// of keeping their activations: bit-identical results, about 0.3-1.3 GB less training memory
-  /// on CPU at the S4 settings, 13-25 % more time per step. Off under AMP (autocast).
-  bool activation_checkpointing = true;
+  /// on CPU at the S4 settings, 13-25 % more time per step; under AMP the recomputation runs in
+  /// the forward pass's precision. auto | true | false: auto takes the device's default
+  /// (engine::default_activation_checkpointing, one definition for every tool).
+  std::string activation_checkpointing = "auto";
 };
 
 struct ConsistencyConfig {
@@ -118,8 +120,6 @@ struct AugmentConfig {
   double flip_prob = 0.5;
 };
 
-struct DataConfig {
-  std::string dataset = "s4";  ///< s4 | ms3 | avss
 /// The in-memory synthetic task (data.source = synthetic; data/synthetic_dataset.h): the content
 /// of combo-synth (2-3 moving objects of different sound classes per video, the sound decides
 /// which one is annotated) drawn in load(), nothing read from disk, no media library needed.
@@ -138,6 +138,8 @@ struct SyntheticDataConfig {
   std::string style = "textured";  ///< textured | flat (combo-synth --style)
 };
 
+struct DataConfig {
+  std::string dataset = "s4";  ///< s4 | ms3 | avss
   /// Where videos come from: files (the AVSBench layout under data.root; needs a build with the
   /// media stack, COMBO_WITH_MEDIA) | synthetic (in memory, data.synthetic.*; every build).
   std::string source = "files";
@@ -154,9 +156,9 @@ struct SyntheticDataConfig {
   bool check_masks = true;           ///< S4/MS3 ground truth must hold only 0 and 255
   bool silence_audio = false;        ///< ablation: every clip gets the log-mel of silence
   AugmentConfig augment;
+  SyntheticDataConfig synthetic;
 };
 
-  SyntheticDataConfig synthetic;
 struct ClipGradientsConfig {
   bool enabled = true;
   std::string type = "full_model";  ///< full_model | norm | value
@@ -186,6 +188,7 @@ struct SolverConfig {
   int64_t ims_per_batch = 8;  ///< videos per iteration (all processes together)
   int64_t checkpoint_period = 5000;
   int64_t keep_last = 3;
+  int64_t log_period = 20;  ///< iterations per metrics line (losses are read from the device then)
   ClipGradientsConfig clip_gradients;
   AmpConfig amp;
 };
@@ -199,7 +202,13 @@ struct TestConfig {
 struct RuntimeConfig {
   int64_t seed = 0;            ///< < 0: drawn at random and logged
   int64_t threads = 0;         ///< intra-op threads; 0 = all cores
-  std::string device = "cpu";  ///< cpu | cuda | cuda:N
+  /// auto (the first CUDA device when there is one, else the CPU) | cpu | cuda | cuda:N
+  std::string device = "auto";
+  /// TF32 for float32 matrix products and convolutions on the GPU (combo::set_tf32):
+  /// default (LibTorch's: cuDNN convolutions may use TF32, cuBLAS matrix products do not, as the
+  /// official PyTorch code ran) | on (both: faster on Ampere and newer, about 1e-3 relative
+  /// error per product) | off (neither: full float32, as the parity tests run).
+  std::string tf32 = "default";
   /// Data-parallel runs (several processes, launched by torchrun or Slurm): the c10d backend
   /// (auto = NCCL on CUDA, Gloo on the CPU), the rendezvous and collective timeout in seconds
   /// (a dead or missing peer ends every process with an error after at most this long), and

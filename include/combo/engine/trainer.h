@@ -86,6 +86,11 @@ struct TrainerOptions {
   uint64_t min_free_bytes = 0;
   /// Data parallelism (set_distributed): gradient bucket size (runtime.dist_bucket_mb).
   int64_t dist_bucket_bytes = 25 << 20;
+  /// Fetch batch t+1 (and queue its copy to the device) as soon as step t is queued, so the
+  /// loader's and the host's work overlap the GPU's. Unset: on for CUDA, off on the CPU (where
+  /// nothing overlaps and a source drawing from the global generator would draw in another
+  /// order). Checkpoints record the batches consumed, not the one prefetched.
+  std::optional<bool> prefetch;
 };
 
 /// Trainer options from the config: output_dir, solver.* (optimizer, schedule, clipping,
@@ -150,7 +155,11 @@ class Trainer {
   /// the schedule and the hooks: forward (under autocast with AMP), criterion, non-finite check,
   /// backward, clipping, AdamW step. Stages are timed into the active combo::prof::Profile
   /// ("forward", "criterion", "backward", "optimizer"). Used by run() and by combo-bench.
-  StepResult step(const TrainBatch& batch, int64_t t);
+  /// With `read_values` false the losses are not read back to the host (StepResult::losses and
+  /// total stay empty): run() reads them once per log period instead of every step, and the
+  /// step costs one host synchronisation (the finiteness check; the fp16 scaler's overflow check
+  /// is another).
+  StepResult step(const TrainBatch& batch, int64_t t, bool read_values = true);
 
   /// Data-parallel training over `group` (call before resume_or_load and run, on every rank):
   /// copies rank 0's parameters and buffers to every rank, averages the gradients over the

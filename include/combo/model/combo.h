@@ -161,6 +161,9 @@ class ComboModelImpl : public torch::nn::Cloneable<ComboModelImpl> {
  private:
   at::Tensor pixel_mean_;  // [1, 3, 1, 1], not part of the state dict (official: non-persistent)
   at::Tensor pixel_std_;
+  // Copies of the two on the device of the last normalize() call: made once, not per batch (a
+  // copy from host memory per call would stall the GPU queue every step).
+  mutable at::Tensor pixel_mean_device_, pixel_std_device_;
   std::unordered_map<size_t, at::Tensor> audio_cache_;  ///< hash of the example's bytes -> [128]
   int64_t audio_cache_weights_version_ = -1;            ///< VGGish weights the entries belong to
 };

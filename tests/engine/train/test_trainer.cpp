@@ -275,3 +275,34 @@ TEST_F(TrainerTest, OptionsFromConfigAndAmpOnCpu) {
   Trainer t = make_trainer(opts, 3);
   EXPECT_FALSE(t.amp_active());  // the CPU trains in fp32
 }
+
+TEST_F(TrainerTest, PrefetchingTrainsTheSameAndCheckpointsTheBatchesConsumed) {
+  // Batch t+1 is fetched while step t runs; the weights must not change, and a checkpoint must
+  // record where the consumed batches end (not the prefetched one), or a resumed run would skip
+  // a batch.
+  combo::train_test::MemoryBatchSource plain_source, prefetch_source;
+  combo::testing::TempDir plain_dir, prefetch_dir;
+  auto run = [](const fs::path& dir, bool prefetch, combo::train_test::MemoryBatchSource& src) {
+    auto o = tiny_options(dir, 5);
+    o.checkpoint_period = 2;
+    o.prefetch = prefetch;
+    auto model = seeded_model(7);
+    Trainer t(model, combo::train_test::tiny_criterion(), o);
+    const auto r = t.run(src, 0);
+    EXPECT_EQ(r.status, TrainStatus::kCompleted);
+    return combo::module_state_dict(*model);
+  };
+  const auto plain = run(plain_dir.path(), false, plain_source);
+  const auto prefetched = run(prefetch_dir.path(), true, prefetch_source);
+  expect_same_state(plain, prefetched);
+  // Nothing is fetched after the last step.
+  EXPECT_EQ(prefetch_source.served(), 5);
+  for (const auto& [file, batches] : std::vector<std::pair<std::string, int64_t>>{
+           {"model_0000001.pth", 2}, {"model_0000003.pth", 4}, {"model_final.pth", 5}}) {
+    SCOPED_TRACE(file);
+    const fs::path path = prefetch_dir.path() / file;
+    ASSERT_TRUE(fs::exists(path)) << path;
+    const at::Tensor pos = combo::load_state_dict(path.string()).at("loader.position");
+    EXPECT_EQ(pos[0].item<int64_t>() * 5 + pos[1].item<int64_t>(), batches);
+  }
+}
