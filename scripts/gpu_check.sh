@@ -456,7 +456,7 @@ bench_all() {
   )
   local warm=1 reps=3 size=224
   if [ "$mode" = cpu ]; then
-    runs=("tiny_s4_b0|configs/synthetic/s4.yaml|train,inference|1|2|model.backbone.name=pvt_v2_b0 model.pixel_decoder.enc_layers=1 model.decoder.dec_layers=3 model.decoder.num_queries=8 model.audio.mlp_dim=64 loss.train_num_points=256")
+    runs=("tiny_s4_b0|configs/synthetic/s4.yaml|train,inference|1|5|model.backbone.name=pvt_v2_b0 model.pixel_decoder.enc_layers=1 model.decoder.dec_layers=3 model.decoder.num_queries=8 model.audio.mlp_dim=64 loss.train_num_points=256")
     warm=1 reps=2 size=64
   fi
   for r in "${runs[@]}"; do
