@@ -74,11 +74,12 @@ std::shared_ptr<const Dataset> make_dataset(const std::string& source,
   }
   if (!factory) {
     if (source == "files")
-      COMBO_FAIL("data.source 'files' (AVSBench on disk) needs the media stack (OpenCV, FFmpeg, "
-                 "libsndfile), and this build has none (COMBO_WITH_MEDIA=OFF): use "
-                 "data.source=synthetic, or a build configured with -DCOMBO_WITH_MEDIA=ON");
-    COMBO_FAIL("data.source '", source, "' is not a dataset source of this build (sources: ",
-               known, ")");
+      COMBO_FAIL(
+          "data.source 'files' (AVSBench on disk) needs the media stack (OpenCV, FFmpeg, "
+          "libsndfile), and this build has none (COMBO_WITH_MEDIA=OFF): use "
+          "data.source=synthetic, or a build configured with -DCOMBO_WITH_MEDIA=ON");
+    COMBO_FAIL("data.source '", source, "' is not a dataset source of this build (sources: ", known,
+               ")");
   }
   return factory(options);
 }

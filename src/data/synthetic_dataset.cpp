@@ -17,9 +17,10 @@ at::Tensor nearest_index(int64_t in, int64_t out) {
   at::Tensor idx = at::empty({out}, at::kLong);
   auto* p = idx.data_ptr<int64_t>();
   for (int64_t x = 0; x < out; ++x)
-    p[x] = std::min<int64_t>(in - 1, static_cast<int64_t>(std::floor(
-                                         (static_cast<double>(x) + 0.5) * static_cast<double>(in) /
-                                         static_cast<double>(out))));
+    p[x] = std::min<int64_t>(
+        in - 1,
+        static_cast<int64_t>(std::floor((static_cast<double>(x) + 0.5) * static_cast<double>(in) /
+                                        static_cast<double>(out))));
   return idx;
 }
 
@@ -72,17 +73,17 @@ SyntheticDataset::SyntheticDataset(DatasetOptions options) : options_(std::move(
               options_.split == "train" ? "train_videos" : "eval_videos", " must be >= 1, got ",
               size_);
   frames_ = s.frames > 0 ? s.frames : (avss ? 10 : 5);
-  COMBO_CHECK(s.frames >= 0, "data.synthetic.frames must be >= 0 (0 = 5 for S4/MS3, 10 for AVSS), got ",
-              s.frames);
+  COMBO_CHECK(s.frames >= 0,
+              "data.synthetic.frames must be >= 0 (0 = 5 for S4/MS3, 10 for AVSS), got ", s.frames);
   COMBO_CHECK(!avss || frames_ <= 10,
               "data.synthetic.frames: AVSS videos have at most 10 frames (the official loader's "
               "10 slots), got ",
               frames_);
   image_size_ = s.image_size > 0 ? s.image_size : options_.image_size;
-  COMBO_CHECK(s.image_size >= 0, "data.synthetic.image_size must be >= 0 (0 = data.image_size), got ",
-              s.image_size);
-  COMBO_CHECK(image_size_ >= 16, "data.synthetic.image_size (or data.image_size) must be >= 16, got ",
-              image_size_);
+  COMBO_CHECK(s.image_size >= 0,
+              "data.synthetic.image_size must be >= 0 (0 = data.image_size), got ", s.image_size);
+  COMBO_CHECK(image_size_ >= 16,
+              "data.synthetic.image_size (or data.image_size) must be >= 16, got ", image_size_);
   COMBO_CHECK(s.classes >= 2 && s.classes <= 70, "data.synthetic.classes must be in [2, 70], got ",
               s.classes);
   COMBO_CHECK(s.style == "textured" || s.style == "flat",
@@ -107,8 +108,8 @@ SyntheticDataset::SyntheticDataset(DatasetOptions options) : options_(std::move(
 }
 
 std::string SyntheticDataset::video_id(int64_t index) const {
-  COMBO_CHECK(index >= 0 && index < size_, "synthetic dataset index ", index,
-              " out of range [0, ", size_, ")");
+  COMBO_CHECK(index >= 0 && index < size_, "synthetic dataset index ", index, " out of range [0, ",
+              size_, ")");
   return synth_video_name(synth_, options_.split, index);
 }
 
@@ -120,8 +121,8 @@ std::string SyntheticDataset::describe() const {
 }
 
 VideoSample SyntheticDataset::load(int64_t index, Rng& /*rng*/) const {
-  COMBO_CHECK(index >= 0 && index < size_, "synthetic dataset index ", index,
-              " out of range [0, ", size_, ")");
+  COMBO_CHECK(index >= 0 && index < size_, "synthetic dataset index ", index, " out of range [0, ",
+              size_, ")");
   const bool avss = options_.kind == DatasetKind::kAVSS;
   const SynthScene scene = synth_scene(synth_, options_.split, index);
   const int64_t t = scene.num_frames();
@@ -173,10 +174,9 @@ VideoSample SyntheticDataset::load(int64_t index, Rng& /*rng*/) const {
     out.log_mel = at::full({t, 1, audio::kExampleWindowFrames, audio::kNumMelBins},
                            std::log(audio::kLogOffset), at::kFloat);
   } else {
-    const at::Tensor wave =
-        at::from_blob(const_cast<float*>(scene.audio.data()),
-                      {static_cast<int64_t>(scene.audio.size())}, at::kFloat)
-            .to(at::kDouble);
+    const at::Tensor wave = at::from_blob(const_cast<float*>(scene.audio.data()),
+                                          {static_cast<int64_t>(scene.audio.size())}, at::kFloat)
+                                .to(at::kDouble);
     at::Tensor mel = audio::waveform_to_examples(wave, kSynthSampleRate);
     const audio::PadMode pad = avss ? audio::PadMode::kZeros : audio::PadMode::kRepeatLast;
     mel = audio::pad_examples(mel, std::max<int64_t>(t, mel.size(0)), pad);

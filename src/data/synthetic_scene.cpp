@@ -272,7 +272,6 @@ struct ObjectPlan {
   }
 };
 
-
 // AVSS subset of a video: a fixed rotation over the three, shifted per split, so even one video
 // per split gives one of each.
 std::string avss_subset(int64_t split, int64_t index) {
@@ -300,7 +299,6 @@ void validate_synth_options(const SynthOptions& o) {
               o.frames);
   COMBO_CHECK(o.threads >= 0, "combo-synth: threads must be >= 0, got ", o.threads);
 }
-
 
 std::vector<std::string> synth_class_names(int64_t num_classes) {
   COMBO_CHECK(num_classes >= 2 && num_classes <= 70,
@@ -360,9 +358,7 @@ std::string wav_bytes(const std::vector<float>& samples, int64_t sample_rate) {
   return out;
 }
 
-
-std::string synth_video_name(const SynthOptions& options, const std::string& split,
-                             int64_t index) {
+std::string synth_video_name(const SynthOptions& options, const std::string& split, int64_t index) {
   const Kind kind = parse_kind(options.dataset);
   std::ostringstream idx;
   idx << std::setw(4) << std::setfill('0') << index;
@@ -528,10 +524,14 @@ SynthScene synth_scene(const SynthOptions& options, const std::string& split, in
       auto col_b = hsv_to_rgb(look.hue + 0.45 + p.hue_jitter, 0.7, 0.45);
       const auto c = p.center(t, width, height);
       const double angle = p.angle + p.spin * dt, ca = std::cos(angle), sa = std::sin(angle);
-      const int64_t x_lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(c[0] - p.radius - 1)));
-      const int64_t x_hi = std::min<int64_t>(w - 1, static_cast<int64_t>(std::ceil(c[0] + p.radius + 1)));
-      const int64_t y_lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(c[1] - p.radius - 1)));
-      const int64_t y_hi = std::min<int64_t>(h - 1, static_cast<int64_t>(std::ceil(c[1] + p.radius + 1)));
+      const int64_t x_lo =
+          std::max<int64_t>(0, static_cast<int64_t>(std::floor(c[0] - p.radius - 1)));
+      const int64_t x_hi =
+          std::min<int64_t>(w - 1, static_cast<int64_t>(std::ceil(c[0] + p.radius + 1)));
+      const int64_t y_lo =
+          std::max<int64_t>(0, static_cast<int64_t>(std::floor(c[1] - p.radius - 1)));
+      const int64_t y_hi =
+          std::min<int64_t>(h - 1, static_cast<int64_t>(std::ceil(c[1] + p.radius + 1)));
       for (int64_t y = y_lo; y <= y_hi; ++y)
         for (int64_t x = x_lo; x <= x_hi; ++x) {
           const double dx = (x + 0.5 - c[0]) / p.radius, dy = (y + 0.5 - c[1]) / p.radius;
@@ -587,7 +587,6 @@ SynthScene synth_scene(const SynthOptions& options, const std::string& split, in
   return video;
 }
 
-
 at::Tensor synth_scene_ground_truth(const SynthOptions& options, const SynthScene& scene,
                                     int64_t frame) {
   COMBO_CHECK(frame >= 0 && frame < scene.num_frames(), "synth_scene_ground_truth: frame ", frame,
@@ -602,8 +601,8 @@ at::Tensor synth_scene_ground_truth(const SynthOptions& options, const SynthScen
 }
 
 std::vector<at::Tensor> synth_frame_masks(const SynthScene& scene, int64_t frame) {
-  COMBO_CHECK(frame >= 0 && frame < scene.num_frames(), "synth_frame_masks: frame ", frame,
-              " of ", scene.num_frames());
+  COMBO_CHECK(frame >= 0 && frame < scene.num_frames(), "synth_frame_masks: frame ", frame, " of ",
+              scene.num_frames());
   std::vector<at::Tensor> masks;
   for (const auto& o : scene.objects) {
     const at::Tensor m = o.masks[frame];

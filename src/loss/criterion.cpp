@@ -106,7 +106,8 @@ BatchTargets make_targets(const at::Tensor& labels, const at::Tensor& has_gt,
       if (f[i]) out.layout.supervised_rows.push_back(i);
   }
   for (int64_t row : out.layout.supervised_rows) {
-    COMBO_CHECK(row < n && f[row], "make_targets: frame ", row, " of the batch has no ground truth");
+    COMBO_CHECK(row < n && f[row], "make_targets: frame ", row,
+                " of the batch has no ground truth");
     const at::Tensor map = labels[row];
     // One target per distinct label value, background included, ignore (255) excluded.
     at::Tensor values = std::get<0>(at::_unique(map.flatten(), /*sorted=*/true));
@@ -304,9 +305,8 @@ TensorDict SetCriterionImpl::forward(const ModelOutputs& outputs,
                 "SetCriterion: target of frame ", rows[k], " must have labels [K] and masks ",
                 "[K, H, W], got ", t.labels.defined() ? t.labels.sizes() : at::IntArrayRef{},
                 " and ", t.masks.defined() ? t.masks.sizes() : at::IntArrayRef{});
-    FrameTarget ft{
-        t.labels.to(device, at::kLong),
-        pad_target_masks(t.masks.to(device), outputs.image_height, outputs.image_width)};
+    FrameTarget ft{t.labels.to(device, at::kLong),
+                   pad_target_masks(t.masks.to(device), outputs.image_height, outputs.image_width)};
     target_masks.push_back(ft.masks);
     frame_targets.push_back(std::move(ft));
     local_masks += static_cast<double>(t.labels.size(0));

@@ -40,7 +40,8 @@ TEST(AudioMlpParity, OutputsAndGradsMatchOfficial) {
     return std::make_pair(y.detach(), x.grad());
   };
   const auto [y64, g64] = run(torch::kFloat64);
-  const auto [y32_1, g32_1] = combo::testing::official_threads([&] { return run(torch::kFloat32); });
+  const auto [y32_1, g32_1] =
+      combo::testing::official_threads([&] { return run(torch::kFloat32); });
   const auto [y32, g32] = run(torch::kFloat32);
   EXPECT_FLOAT32_PARITY_RUNS("outputs/y", fx.tensor("outputs/y"), y64, y32, y32_1);
   EXPECT_FLOAT32_PARITY_RUNS("grads/x", fx.tensor("grads/x"), g64, g32, g32_1);

@@ -241,10 +241,10 @@ TEST(ConfigTest, DataSourceAndSyntheticTaskKeys) {
   EXPECT_DOUBLE_EQ(d.data.synthetic.object_scale, 1.0);
   EXPECT_EQ(d.data.synthetic.style, "textured");
   const Config c = load_config(
-      "", {"data.source=synthetic", "data.synthetic.train_videos=8",
-           "data.synthetic.eval_videos=3", "data.synthetic.frames=4",
-           "data.synthetic.image_size=48", "data.synthetic.seed=9", "data.synthetic.classes=6",
-           "data.synthetic.object_scale=1.6", "data.synthetic.style=flat"});
+      "",
+      {"data.source=synthetic", "data.synthetic.train_videos=8", "data.synthetic.eval_videos=3",
+       "data.synthetic.frames=4", "data.synthetic.image_size=48", "data.synthetic.seed=9",
+       "data.synthetic.classes=6", "data.synthetic.object_scale=1.6", "data.synthetic.style=flat"});
   EXPECT_EQ(c.data.source, "synthetic");
   EXPECT_EQ(c.data.synthetic.train_videos, 8);
   EXPECT_EQ(c.data.synthetic.eval_videos, 3);

@@ -568,8 +568,8 @@ ReferenceTarget reference_target(const at::Tensor& map, int64_t canvas_h, int64_
   present.erase(255);
   ReferenceTarget t;
   t.labels.assign(present.begin(), present.end());
-  t.masks = torch::zeros({static_cast<int64_t>(t.labels.size()), canvas_h, canvas_w},
-                         torch::kFloat64);
+  t.masks =
+      torch::zeros({static_cast<int64_t>(t.labels.size()), canvas_h, canvas_w}, torch::kFloat64);
   auto a = t.masks.accessor<double, 3>();
   for (size_t k = 0; k < t.labels.size(); ++k)
     for (int64_t y = 0; y < h; ++y)
@@ -662,8 +662,8 @@ TEST_F(CriterionTest, PaddedFramesMatchAnIndependentPrepareTargets) {
       mask_coords.push_back(torch::rand({total_masks, P, 2}));
     }
     ReplayPointSource replay(matcher_coords, mask_coords);
-    SetCriterion criterion(small_options(C, P).consistency(
-        ConsistencyOptions().type(ConsistencyType::kNone)));
+    SetCriterion criterion(
+        small_options(C, P).consistency(ConsistencyOptions().type(ConsistencyType::kNone)));
     std::vector<std::vector<MatchIndices>> matches;
     auto losses = criterion->forward(outputs, batch.targets, batch.layout, &replay, &matches);
     at::Tensor total = torch::zeros({});
@@ -678,8 +678,8 @@ TEST_F(CriterionTest, PaddedFramesMatchAnIndependentPrepareTargets) {
       auto grid = torch::stack(torch::meshgrid({cx, cy}, "xy"), -1).view({1, -1, 2});
       const auto& t = batch.targets[0];
       auto sampled = combo::loss::point_sample(
-          combo::loss::pad_target_masks(t.masks, canvas_h, canvas_w).unsqueeze(1), grid.expand(
-              {t.masks.size(0), grid.size(1), 2}));
+          combo::loss::pad_target_masks(t.masks, canvas_h, canvas_w).unsqueeze(1),
+          grid.expand({t.masks.size(0), grid.size(1), 2}));
       EXPECT_TENSOR_NEAR_ABS(ref_targets[0].masks.to(torch::kFloat),
                              sampled.squeeze(1).view({-1, canvas_h, canvas_w}), 1e-5);
     }
@@ -699,8 +699,8 @@ TEST_F(CriterionTest, PaddedFramesMatchAnIndependentPrepareTargets) {
         const int64_t row = batch.layout.supervised_rows[s];
         const auto& rt = ref_targets[s];
         auto coords = matcher_coords[matcher_set++][0];
-        auto x = bilinear_reference(masks[row], coords);    // [Q, P]
-        auto t = bilinear_reference(rt.masks, coords);      // [K, P]
+        auto x = bilinear_reference(masks[row], coords);  // [Q, P]
+        auto t = bilinear_reference(rt.masks, coords);    // [K, P]
         auto prob = torch::softmax(logits[row], -1);
         const int64_t K = static_cast<int64_t>(rt.labels.size());
         auto cost = torch::zeros({Q, K}, torch::kFloat64);
@@ -755,8 +755,8 @@ TEST_F(CriterionTest, PaddedFramesMatchAnIndependentPrepareTargets) {
         const double scale = ref.abs().max().item<double>();
         ASSERT_GT(scale, 0.0) << name;
         const double diff = (got.to(torch::kFloat64) - ref).abs().max().item<double>();
-        EXPECT_LT(diff, 1e-5 * scale) << name << " gradient: max |diff| " << diff << " of "
-                                      << scale;
+        EXPECT_LT(diff, 1e-5 * scale)
+            << name << " gradient: max |diff| " << diff << " of " << scale;
       }
     }
   }

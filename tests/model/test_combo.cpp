@@ -517,8 +517,8 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
     Step step;
     auto out = model->forward(in);
     std::cout << "[ INFO ] " << c10::toString(dtype) << ": frames " << out.input_height << "x"
-              << out.input_width << ", padded to " << out.padded_height << "x"
-              << out.padded_width << std::endl;
+              << out.input_width << ", padded to " << out.padded_height << "x" << out.padded_width
+              << std::endl;
     auto losses = criterion->forward(combo::model::criterion_inputs(out), batch.targets,
                                      batch.layout, &points, &step.matches);
     EXPECT_EQ(losses.size(), ref_losses.size());
@@ -549,8 +549,8 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
   for (const auto& [name, ref] : ref_losses) {
     const std::string key = "train/losses/" + name;
     ASSERT_TRUE(s32.values.count(key)) << name;
-    EXPECT_TRUE(combo::testing::float32_parity(
-        key, ref, {s32.values.at(key), s32_1.values.at(key)}, s64.values.at(key), loss_budget));
+    EXPECT_TRUE(combo::testing::float32_parity(key, ref, {s32.values.at(key), s32_1.values.at(key)},
+                                               s64.values.at(key), loss_budget));
   }
   const std::string total = "train/total_loss";
   EXPECT_TRUE(combo::testing::float32_parity(total, fx.tensor(total),
@@ -566,7 +566,9 @@ TEST(ComboModelParity, TrainLossesAndGradientsMatchTheOfficialCode) {
   const auto ref_matches = fx.value("train/matcher_indices").toListRef();
   for (const Step* step : {&s32, &s32_1, &s64}) {
     const auto& matches = step->matches;
-    const std::string run = step == &s64 ? "float64" : step == &s32 ? "float32" : "float32, 1 thread";
+    const std::string run = step == &s64   ? "float64"
+                            : step == &s32 ? "float32"
+                                           : "float32, 1 thread";
     ASSERT_EQ(matches.size(), ref_matches.size());
     for (size_t call = 0; call < matches.size(); ++call) {
       const auto per_image = ref_matches[call].toListRef();
@@ -619,8 +621,9 @@ TEST_F(ComboModelTest, TrainingTargetsArePaddedToThePaddedImageSize) {
   EXPECT_EQ(outputs.image_height, 64);
   EXPECT_EQ(outputs.image_width, 96);
   EXPECT_EQ(outputs.pred_masks.size(2) * 4, 64);
-  combo::loss::SetCriterion criterion(combo::loss::SetCriterionOptions(2).num_points(300).consistency(
-      combo::loss::ConsistencyOptions().grouping(combo::loss::ConsistencyGrouping::kPerVideo)));
+  combo::loss::SetCriterion criterion(
+      combo::loss::SetCriterionOptions(2).num_points(300).consistency(
+          combo::loss::ConsistencyOptions().grouping(combo::loss::ConsistencyGrouping::kPerVideo)));
   combo::loss::RecordingPointSource recorder(std::make_shared<combo::loss::RandomPointSource>());
   std::vector<std::vector<combo::loss::MatchIndices>> m1, m2;
   auto a = criterion->forward(outputs, batch.targets, batch.layout, &recorder, &m1);

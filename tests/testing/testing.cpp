@@ -4,9 +4,9 @@
 #include <unistd.h>
 
 #include <array>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -240,10 +240,10 @@ namespace {
 // The (1 - 1e-3) quantile of |a - b| over the elements: the max for fewer than 1000 elements.
 double bulk_abs_diff(const at::Tensor& a, const at::Tensor& b, double fraction) {
   if (a.numel() == 0) return 0.0;
-  const at::Tensor d = (a.detach().to(torch::kCPU, torch::kFloat64) -
-                        b.detach().to(torch::kCPU, torch::kFloat64))
-                           .abs()
-                           .flatten();
+  const at::Tensor d =
+      (a.detach().to(torch::kCPU, torch::kFloat64) - b.detach().to(torch::kCPU, torch::kFloat64))
+          .abs()
+          .flatten();
   const int64_t n = d.numel();
   const int64_t k = std::min<int64_t>(
       n, std::max<int64_t>(1, static_cast<int64_t>(std::ceil((1.0 - fraction) * n))));
@@ -291,13 +291,13 @@ Float32Errors float32_errors(const at::Tensor& ref, const at::Tensor& ours32,
   std::cout << "[ INFO ] " << line.str() << std::endl;
   if (!(e.eref <= e.bound_ref))
     return ::testing::AssertionFailure()
-           << line.str() << ": |official - ours64| " << e.eref << " > max(floor, "
-           << budget.factor << " x our float32 error) = " << e.bound_ref
+           << line.str() << ": |official - ours64| " << e.eref << " > max(floor, " << budget.factor
+           << " x our float32 error) = " << e.bound_ref
            << " (the official result is further from our float64 result than float32 explains)";
   if (!(e.e32 <= e.bound_32))
     return ::testing::AssertionFailure()
-           << line.str() << ": |ours32 - ours64| " << e.e32 << " > max(floor, "
-           << budget.own_factor << " x the official float32 error) = " << e.bound_32
+           << line.str() << ": |ours32 - ours64| " << e.e32 << " > max(floor, " << budget.own_factor
+           << " x the official float32 error) = " << e.bound_32
            << " (our float32 result is further from our float64 result than the official one)";
   return ::testing::AssertionSuccess() << line.str();
 }

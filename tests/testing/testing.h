@@ -88,26 +88,26 @@ at::Device test_device();
 bool device_usable(const at::Device& device, std::string* reason);
 
 /// Skips the current test (printing why) unless test_device() can run here; binds it to `var`.
-#define COMBO_TEST_DEVICE_OR_SKIP(var)                                           \
-  const at::Device var = ::combo::testing::test_device();                        \
-  {                                                                              \
-    std::string var##_skip_reason;                                               \
-    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {             \
-      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;         \
-      GTEST_SKIP() << var##_skip_reason;                                         \
-    }                                                                            \
+#define COMBO_TEST_DEVICE_OR_SKIP(var)                                   \
+  const at::Device var = ::combo::testing::test_device();                \
+  {                                                                      \
+    std::string var##_skip_reason;                                       \
+    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {     \
+      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl; \
+      GTEST_SKIP() << var##_skip_reason;                                 \
+    }                                                                    \
   }
 
 /// The first CUDA device, or a skip (printing why) where there is none: for tests of the
 /// `cuda` label (test suites named *Cuda*), which need a GPU whatever COMBO_TEST_DEVICE says.
-#define COMBO_CUDA_OR_SKIP(var)                                                  \
-  const at::Device var(at::kCUDA, 0);                                            \
-  {                                                                              \
-    std::string var##_skip_reason;                                               \
-    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {             \
-      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl;         \
-      GTEST_SKIP() << var##_skip_reason;                                         \
-    }                                                                            \
+#define COMBO_CUDA_OR_SKIP(var)                                          \
+  const at::Device var(at::kCUDA, 0);                                    \
+  {                                                                      \
+    std::string var##_skip_reason;                                       \
+    if (!::combo::testing::device_usable(var, &var##_skip_reason)) {     \
+      std::cout << "[ SKIP REASON ] " << var##_skip_reason << std::endl; \
+      GTEST_SKIP() << var##_skip_reason;                                 \
+    }                                                                    \
   }
 
 /// A fresh empty folder under the build tree, removed when the object dies.
@@ -228,10 +228,9 @@ auto official_threads(F&& f) {
 #define EXPECT_FLOAT32_PARITY(what, ref, ours32, ours64) \
   EXPECT_TRUE(::combo::testing::float32_parity((what), (ref), (ours32), (ours64)))
 /// ours32 a braced list of float32 results: {default threads, official_threads}.
-#define EXPECT_FLOAT32_PARITY_RUNS(what, ref, ours64, ...)                         \
-  EXPECT_TRUE(::combo::testing::float32_parity((what), (ref),                       \
-                                               std::vector<at::Tensor>{__VA_ARGS__}, \
-                                               (ours64)))
+#define EXPECT_FLOAT32_PARITY_RUNS(what, ref, ours64, ...)    \
+  EXPECT_TRUE(::combo::testing::float32_parity((what), (ref), \
+                                               std::vector<at::Tensor>{__VA_ARGS__}, (ours64)))
 #define EXPECT_FLOAT32_PARITY_BUDGET(what, ref, ours32, ours64, budget) \
   EXPECT_TRUE(::combo::testing::float32_parity((what), (ref), (ours32), (ours64), (budget)))
 

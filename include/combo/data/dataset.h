@@ -47,13 +47,13 @@ struct AugmentOptions {
 /// The in-memory synthetic task (data/synthetic_dataset.h): the content of combo-synth, drawn on
 /// the fly, nothing read from disk. Config keys data.synthetic.*.
 struct SyntheticDataOptions {
-  int64_t train_videos = 64;  ///< videos of the train split
-  int64_t eval_videos = 16;   ///< videos of every other split (val, test), each its own draw
-  int64_t frames = 0;         ///< frames per video; 0 = the dataset's own (S4/MS3 5, AVSS 10)
-  int64_t image_size = 0;     ///< frame size; 0 = DatasetOptions::image_size
-  int64_t seed = 0;           ///< content seed (a video is a function of seed, split, index)
-  int64_t classes = 4;        ///< sound classes (2..70)
-  double object_scale = 1.0;  ///< object size factor (combo-synth --object-scale)
+  int64_t train_videos = 64;       ///< videos of the train split
+  int64_t eval_videos = 16;        ///< videos of every other split (val, test), each its own draw
+  int64_t frames = 0;              ///< frames per video; 0 = the dataset's own (S4/MS3 5, AVSS 10)
+  int64_t image_size = 0;          ///< frame size; 0 = DatasetOptions::image_size
+  int64_t seed = 0;                ///< content seed (a video is a function of seed, split, index)
+  int64_t classes = 4;             ///< sound classes (2..70)
+  double object_scale = 1.0;       ///< object size factor (combo-synth --object-scale)
   std::string style = "textured";  ///< textured | flat (combo-synth --style)
 };
 

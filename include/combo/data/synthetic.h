@@ -23,7 +23,6 @@
 
 namespace combo::data {
 
-
 /// Summary of what was written.
 struct SynthReport {
   std::string root;  ///< the dataset root to give to the readers (data.root)

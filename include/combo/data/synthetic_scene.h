@@ -76,12 +76,12 @@ double synth_class_fundamental(int64_t class_index, int64_t num_classes);
 
 /// One rendered video (tensors on the CPU).
 struct SynthScene {
-  std::string split;   ///< train | val | test
-  int64_t index = 0;   ///< index within the split
-  std::string name;    ///< S4/MS3 name, AVSS uid
-  std::string group;   ///< S4 category, AVSS label (v1s | v1m | v2), MS3 ""
+  std::string split;              ///< train | val | test
+  int64_t index = 0;              ///< index within the split
+  std::string name;               ///< S4/MS3 name, AVSS uid
+  std::string group;              ///< S4 category, AVSS label (v1s | v1m | v2), MS3 ""
   int64_t height = 0, width = 0;  ///< size x size (S4/MS3), size x 1.5*size (AVSS)
-  at::Tensor frames;   ///< uint8 [T, H, W, 3] RGB
+  at::Tensor frames;              ///< uint8 [T, H, W, 3] RGB
   struct Object {
     int64_t class_index = 0;  ///< 0..K-1
     bool sounding = false;

@@ -143,7 +143,7 @@ struct DataConfig {
   /// Where videos come from: files (the AVSBench layout under data.root; needs a build with the
   /// media stack, COMBO_WITH_MEDIA) | synthetic (in memory, data.synthetic.*; every build).
   std::string source = "files";
-  std::string root;            ///< AVSBench root folder (data.source = files)
+  std::string root;  ///< AVSBench root folder (data.source = files)
   std::string train_split = "train";
   std::string val_split = "val";
   std::string test_split = "test";
@@ -200,8 +200,8 @@ struct TestConfig {
 };
 
 struct RuntimeConfig {
-  int64_t seed = 0;            ///< < 0: drawn at random and logged
-  int64_t threads = 0;         ///< intra-op threads; 0 = all cores
+  int64_t seed = 0;     ///< < 0: drawn at random and logged
+  int64_t threads = 0;  ///< intra-op threads; 0 = all cores
   /// auto (the first CUDA device when there is one, else the CPU) | cpu | cuda | cuda:N
   std::string device = "auto";
   /// TF32 for float32 matrix products and convolutions on the GPU (combo::set_tf32):

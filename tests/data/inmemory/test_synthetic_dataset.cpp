@@ -179,8 +179,7 @@ TEST(SyntheticDataset, AvssClassIdsTenSlotsAndTheV1sRule) {
   EXPECT_EQ(groups, (std::set<std::string>{"v1s", "v1m", "v2"}));
   // val/test: the wide scene resized (not cropped) to the square; every frame annotated.
   SyntheticDataset val(options(DatasetKind::kAVSS, "val", false));
-  for (int64_t i = 0; i < val.size(); ++i)
-    EXPECT_TRUE(load(val, i).has_gt.all().item<bool>());
+  for (int64_t i = 0; i < val.size(); ++i) EXPECT_TRUE(load(val, i).has_gt.all().item<bool>());
 }
 
 TEST(SyntheticDataset, TheSoundDecidesWhichObjectIsAnnotated) {
@@ -234,8 +233,7 @@ TEST(SyntheticDataset, MaskigesAreTheSceneMasksInAdeColours) {
   const auto s = load(ds, 0);
   const SynthScene scene = synth_scene(ds.synth_options(), "val", 0);
   for (int64_t k = 0; k < 5; ++k)
-    EXPECT_TRUE(
-        s.maskiges[k].equal(synth_maskige(synth_frame_masks(scene, k)).permute({2, 0, 1})));
+    EXPECT_TRUE(s.maskiges[k].equal(synth_maskige(synth_frame_masks(scene, k)).permute({2, 0, 1})));
   // Frames are the scene's pixels (S4: no geometry).
   EXPECT_TRUE(s.frames.equal(scene.frames.permute({0, 3, 1, 2})));
 }

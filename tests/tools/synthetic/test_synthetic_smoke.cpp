@@ -101,8 +101,8 @@ TEST_F(SyntheticSmoke, TrainsEvaluatesAndBenchesWithoutAnyFile) {
 TEST_F(SyntheticSmoke, FilesSourceNeedsTheMediaStackOrTheTree) {
   // data.source=files: without the media stack the error says so; with it, the AVSBench reader
   // looks for the tree under data.root and names the folder.
-  const auto r = run_shell(tool_path("combo-train") + " --config " + cfg.string() +
-                           " data.source=files");
+  const auto r =
+      run_shell(tool_path("combo-train") + " --config " + cfg.string() + " data.source=files");
   EXPECT_NE(r.status, 0) << r.output;
   if (combo::engine::has_media_stack()) {
     EXPECT_NE(r.output.find("no_such_folder"), std::string::npos) << r.output;
