@@ -16,6 +16,8 @@
 #include <sstream>
 
 #include "combo/core/check.h"
+#include "combo/core/warn.h"
+#include "combo/core/zip_check.h"
 
 namespace combo {
 namespace {
@@ -84,6 +86,15 @@ c10::IValue load_pickle_file(const std::string& path) {
   if (!bytes.empty()) f.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   COMBO_CHECK(f.good() || bytes.empty(), "cannot read '", path, "': ", std::strerror(errno));
   COMBO_CHECK(!bytes.empty(), "cannot read '", path, "': the file is empty");
+  // LibTorch's reader does not check the records' CRC-32s: a file with changed bytes would load.
+  if (looks_like_zip(bytes.data(), bytes.size())) {
+    verify_torch_zip(bytes.data(), bytes.size(), path);
+  } else {
+    warn(str_cat("'", path,
+                 "' is a legacy (non-zip) torch.save file: it carries no checksums, so damage "
+                 "to it cannot be detected (re-save it with torch.save in PyTorch >= 1.6 or "
+                 "tools/convert_checkpoint.py)"));
+  }
   try {
     return torch::pickle_load(bytes);
   } catch (const c10::Error& e) {

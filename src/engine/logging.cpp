@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "combo/core/check.h"
+#include "combo/core/warn.h"
 
 namespace combo::engine {
 
@@ -39,6 +40,8 @@ void setup_logging(const std::string& output_dir, int rank, const std::string& l
   logger->set_level(lvl);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
+  // Warnings of the LibTorch-only layer (e.g. a weights file without checksums) go to the log.
+  set_warning_handler([](const std::string& message) { spdlog::warn("{}", message); });
 }
 
 }  // namespace combo::engine
