@@ -7,6 +7,7 @@
 
 #include "combo/core/check.h"
 #include "combo/core/state_dict.h"
+#include "testing/python_check.h"
 #include "testing/testing.h"
 
 namespace fs = std::filesystem;
@@ -45,18 +46,6 @@ std::string expect_error(const std::function<void()>& fn) {
   }
   ADD_FAILURE() << "expected combo::Error";
   return "";
-}
-
-bool python_torch_available(std::string* why) {
-  if (!fs::exists("/usr/bin/python3")) {
-    *why = "/usr/bin/python3 not installed";
-    return false;
-  }
-  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
-    *why = "python3-torch not importable by /usr/bin/python3 (apt-get install python3-torch)";
-    return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -178,11 +167,7 @@ TEST(StateDictTest, StrictLoadReportsEveryProblemByName) {
 }
 
 TEST(StateDictTest, PythonTorchReadsOursAndWeReadPythons) {
-  std::string why;
-  if (!python_torch_available(&why)) {
-    std::cout << "[ SKIP REASON ] " << why << std::endl;
-    GTEST_SKIP() << why;
-  }
+  COMBO_PYTHON_MODULE_OR_SKIP("torch", "apt-get install python3-torch");
   TempDir dir;
   combo::save_state_dict(dir.file("from_cpp.pt"), expected_from_cpp());
   const fs::path script = combo::testing::source_dir() / "tests/python/state_dict_interop.py";

@@ -1,8 +1,16 @@
 // The threaded loader: order and augmentation independent of the number of workers, the
 // infinite shuffled sampler, rank sharding, resume positions, errors, skips and shutdown.
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "combo/core/check.h"
 #include "combo/data/avsbench.h"
@@ -42,6 +50,107 @@ class LoaderTest : public combo::testing::SeededTest {
     val = std::make_shared<AvsDataset>(o);
   }
 };
+
+// A dataset around another one that records its loads: calls, loads running now, the
+// threads that ran them; with `hold` every load waits inside load() until release().
+class ObservedDataset : public Dataset {
+ public:
+  explicit ObservedDataset(std::shared_ptr<const Dataset> inner, bool hold = false)
+      : inner_(std::move(inner)), hold_(hold) {}
+  int64_t size() const override { return inner_->size(); }
+  DatasetKind kind() const override { return inner_->kind(); }
+  const std::vector<std::string>& class_names() const override { return inner_->class_names(); }
+  std::string video_id(int64_t index) const override { return inner_->video_id(index); }
+  std::string describe() const override { return "observed " + inner_->describe(); }
+  VideoSample load(int64_t index, Rng& rng) const override {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ++calls_;
+      ++active_;
+      threads_.insert(static_cast<int64_t>(::syscall(SYS_gettid)));
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return !hold_; });
+    }
+    struct Done {
+      const ObservedDataset* self;
+      ~Done() {
+        std::lock_guard<std::mutex> lock(self->mutex_);
+        --self->active_;
+        ++self->finished_;
+        self->cv_.notify_all();
+      }
+    } done{this};
+    return inner_->load(index, rng);
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hold_ = false;
+    cv_.notify_all();
+  }
+  bool wait_finished(int64_t n, std::chrono::milliseconds limit) const {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, limit, [&] { return finished_ >= n; });
+  }
+  bool wait_active(int64_t n, std::chrono::milliseconds limit) const {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, limit, [&] { return active_ >= n; });
+  }
+  int64_t calls() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return calls_;
+  }
+  int64_t active() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return active_;
+  }
+  int64_t finished() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return finished_;
+  }
+  std::set<int64_t> threads() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return threads_;
+  }
+
+ private:
+  std::shared_ptr<const Dataset> inner_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable cv_;
+  bool hold_;
+  mutable int64_t calls_ = 0, active_ = 0, finished_ = 0;
+  mutable std::set<int64_t> threads_;
+};
+
+// Destroys `loader` on another thread; false when that takes longer than `limit` (the thread
+// is then left blocked).
+bool destroyed_within(std::unique_ptr<DataLoader> loader, std::chrono::milliseconds limit) {
+  std::promise<void> done;
+  auto finished = done.get_future();
+  std::thread destroyer([l = std::move(loader), d = std::move(done)]() mutable {
+    l.reset();
+    d.set_value();
+  });
+  if (finished.wait_for(limit) != std::future_status::ready) {
+    destroyer.detach();
+    return false;
+  }
+  destroyer.join();
+  return true;
+}
+
+// True when none of these threads (Linux thread ids) exists any more: /proc/self/task/<tid> goes
+// away when a thread has exited (polled briefly: the kernel reaps it just after join returns).
+bool threads_gone(const std::set<int64_t>& tids) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    bool any = false;
+    for (const int64_t tid : tids)
+      any = any || fs::exists("/proc/self/task/" + std::to_string(tid));
+    if (!any) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
 
 std::vector<VideoBatch> take(DataLoader& loader, int n) {
   std::vector<VideoBatch> out;
@@ -191,6 +300,9 @@ TEST_F(LoaderTest, SkipBadCountsAndContinues) {
   EXPECT_NE(loader.skipped_errors()[0].find("vv1.wav"), std::string::npos);
 }
 
+// Destroying a loader stops and joins its workers, whether they wait on a full prefetch queue
+// or are inside Dataset::load(): it returns in bounded time, only after every load in flight has
+// returned, no load starts afterwards and no worker thread is left.
 TEST_F(LoaderTest, ShutdownWithBatchesInFlight) {
   LoaderOptions o;
   o.batch_videos = 1;
@@ -198,11 +310,64 @@ TEST_F(LoaderTest, ShutdownWithBatchesInFlight) {
   o.prefetch = 2;
   o.shuffle = true;
   o.infinite = true;
-  for (int i = 0; i < 3; ++i) {
-    DataLoader loader(train, o);
-    loader.next();
-  }  // destructors join the workers
-  SUCCEED();
+  o.seed = 4;
+  LoaderOptions inline_options = o;
+  inline_options.num_workers = 0;
+  const auto reference = *DataLoader(train, inline_options).next();
+
+  // Workers blocked on the full prefetch queue: the consumer took one batch, two are ready.
+  {
+    auto observed = std::make_shared<ObservedDataset>(train);
+    auto loader = std::make_unique<DataLoader>(observed, o);
+    const auto b = loader->next();
+    ASSERT_TRUE(b.has_value());
+    EXPECT_EQ(b->indices, reference.indices);
+    EXPECT_EQ(b->inputs.images.sizes(), (std::vector<int64_t>{5, 3, 24, 24}));
+    EXPECT_TENSOR_EQ(reference.inputs.images, b->inputs.images);
+    EXPECT_TENSOR_EQ(reference.labels, b->labels);
+    ASSERT_TRUE(observed->wait_finished(3, std::chrono::seconds(20)))
+        << observed->finished() << " of 3 loads finished";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_EQ(observed->calls(), 3) << "loads beyond the consumed batch + prefetch 2";
+    EXPECT_EQ(observed->active(), 0);
+    const auto threads = observed->threads();
+    EXPECT_GE(threads.size(), 1u);
+    EXPECT_TRUE(destroyed_within(std::move(loader), std::chrono::seconds(10)))
+        << "the loader's destructor did not return within 10 s";
+    EXPECT_EQ(observed->calls(), 3);
+    EXPECT_TRUE(threads_gone(threads)) << "worker threads still alive after the destructor";
+  }
+
+  // Two loads in flight (held inside Dataset::load), the third worker on the full queue.
+  {
+    auto observed = std::make_shared<ObservedDataset>(train, /*hold=*/true);
+    auto loader = std::make_unique<DataLoader>(observed, o);
+    ASSERT_TRUE(observed->wait_active(2, std::chrono::seconds(20)))
+        << observed->active() << " loads in flight";
+    const auto threads = observed->threads();
+    EXPECT_EQ(threads.size(), 2u);
+    std::promise<void> done;
+    auto finished = done.get_future();
+    std::thread destroyer([l = std::move(loader), d = std::move(done)]() mutable {
+      l.reset();
+      d.set_value();
+    });
+    // The destructor must wait for the loads in flight (it joins the workers).
+    EXPECT_FALSE(finished.wait_for(std::chrono::milliseconds(300)) == std::future_status::ready)
+        << "the destructor returned while loads were running on its workers";
+    observed->release();
+    const bool returned = finished.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    EXPECT_TRUE(returned) << "the loader's destructor did not return within 10 s";
+    if (!returned) {
+      destroyer.detach();  // blocked for good; the failure above says so
+      return;
+    }
+    destroyer.join();
+    EXPECT_EQ(observed->active(), 0) << "a load was still running when the destructor returned";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(observed->calls(), 2) << "a worker started a load after the destructor";
+    EXPECT_TRUE(threads_gone(threads)) << "worker threads still alive after the destructor";
+  }
 }
 
 TEST_F(LoaderTest, TargetsFollowTheSupervisedFrames) {

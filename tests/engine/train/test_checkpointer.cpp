@@ -9,6 +9,7 @@
 #include "combo/engine/amp.h"
 #include "combo/engine/checkpointer.h"
 #include "combo/engine/signals.h"
+#include "testing/python_check.h"
 #include "testing/testing.h"
 
 using namespace combo::engine;
@@ -193,11 +194,7 @@ TEST_F(CheckpointerTest, RngStateRestoresDropoutDraws) {
 }
 
 TEST_F(CheckpointerTest, PythonReadsTheCheckpointAsAFlatDict) {
-  if (std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") != 0) {
-    std::cout << "[ INFO ] /usr/bin/python3 has no torch: Python read-back not checked"
-              << std::endl;
-    return;
-  }
+  COMBO_PYTHON_MODULE_OR_SKIP("torch", "apt-get install python3-torch");
   combo::testing::TempDir dir;
   TinyNet a;
   auto opt = build_optimizer(*a, OptimizerOptions{});
