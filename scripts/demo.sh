@@ -44,7 +44,7 @@ train() {  # name, extra overrides...
   echo "== evaluating $name on the test split"
   "$build/tools/combo-eval" --config configs/demo/demo.yaml "data.root=$data" \
       "output_dir=$out/$name" --weights "$out/$name/model_best.pth" --out "$out/$name/eval_test" \
-      --overlays --videos "$@"
+      --overwrite --overlays --videos "$@"
 }
 echo "== 2/4 training (CPU) and 3/4 evaluation"
 train train

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   CLI::App app{"combo-eval: official AVSBench metrics of a COMBO model on a split"};
   std::string config_file, weights, split, out_dir;
   std::vector<std::string> overrides;
-  bool overlays = false, videos = false;
+  bool overlays = false, videos = false, overwrite = false;
   int64_t max_videos = -1, every = 10;
   app.add_option("--config", config_file, "YAML config")->required();
   app.add_option("--weights", weights,
@@ -51,6 +51,9 @@ int main(int argc, char** argv) {
   app.add_flag("--videos", videos,
                "write an overlay MP4 per video with the original audio (builds with the media "
                "stack)");
+  app.add_flag("--overwrite", overwrite,
+               "replace the results of an earlier evaluation in the output folder (without it, a "
+               "folder that holds metrics.json is refused)");
   app.add_option("--max-videos", max_videos, "stop after this many videos");
   app.add_option("--log-every", every, "progress line every N videos");
   app.add_option("overrides", overrides, "key.path=value overrides");
@@ -65,6 +68,18 @@ int main(int argc, char** argv) {
     combo::engine::PredictionPictures(pictures_options, nullptr);
     if (split.empty()) split = cfg.data.test_split;
     if (out_dir.empty()) out_dir = (fs::path(cfg.output_dir) / ("eval_" + split)).string();
+    // An evaluation never replaces another's results unless asked to.
+    const fs::path previous = fs::path(out_dir) / "metrics.json";
+    if (!overwrite && fs::exists(previous)) {
+      std::string of;
+      try {
+        of = nlohmann::json::parse(std::ifstream(previous)).value("checkpoint", "");
+      } catch (const std::exception&) {
+      }
+      COMBO_FAIL("'", out_dir, "' already holds the results of an evaluation",
+                 of.empty() ? std::string() : " of " + of,
+                 ": give --out <another folder>, or --overwrite to replace them");
+    }
     fs::create_directories(out_dir);
     combo::engine::setup_logging(out_dir);
     combo::setup_runtime(static_cast<int>(cfg.runtime.threads),

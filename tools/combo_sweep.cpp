@@ -176,6 +176,7 @@ int main(int argc, char** argv) {
                                  split,
                                  "--out",
                                  (j.dir / ("eval_" + split)).string(),
+                                 "--overwrite",  // a run retrained by the sweep is re-evaluated
                                  "output_dir=" + j.dir.string()};
       if (!user_threads) a.push_back("runtime.threads=" + std::to_string(per_run_threads));
       a.insert(a.end(), spec.common.begin(), spec.common.end());

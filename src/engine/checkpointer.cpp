@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <spdlog/spdlog.h>
+#include <signal.h>
 #include <sys/statvfs.h>
 #include <torch/cuda.h>
 #include <torch/optim/adamw.h>
@@ -348,7 +349,38 @@ std::string Checkpointer::save_periodic(const TrainingState& state) const {
 
 TrainingState Checkpointer::load(const std::string& file, bool restore_rng) const {
   COMBO_CHECK(fs::exists(file), "checkpoint '", file, "' does not exist");
-  const TensorDict dict = load_state_dict(file);
+  return load(load_state_dict(file), file, restore_rng);
+}
+
+std::optional<std::pair<std::string, TensorDict>> Checkpointer::read_latest_intact() const {
+  std::vector<std::string> candidates;
+  if (auto last = last_checkpoint()) candidates.push_back(*last);
+  auto periodic = periodic_checkpoints();
+  if (candidates.empty() && !periodic.empty())
+    spdlog::warn("resume: {} is missing; using the periodic checkpoints in {}",
+                 path(kPointerFile), options_.output_dir);
+  for (auto it = periodic.rbegin(); it != periodic.rend(); ++it)
+    if (candidates.empty() || fs::path(*it) != fs::path(candidates.front()))
+      candidates.push_back(*it);
+  if (candidates.empty()) return std::nullopt;
+  std::string problems;
+  for (const auto& file : candidates) {
+    try {
+      auto dict = load_state_dict(file);
+      if (!problems.empty())
+        spdlog::warn("resume: falling back to {}, the newest intact checkpoint", file);
+      return std::make_pair(file, std::move(dict));
+    } catch (const Error& e) {
+      spdlog::warn("resume: {} cannot be used: {}", file, e.what());
+      problems += str_cat("\n  ", file, ": ", e.what());
+    }
+  }
+  COMBO_FAIL("resume: no intact checkpoint in '", options_.output_dir, "':", problems,
+             "\n(start without --resume, or restore a checkpoint)");
+}
+
+TrainingState Checkpointer::load(const TensorDict& dict, const std::string& file,
+                                 bool restore_rng) const {
   const std::string src = "checkpoint '" + file + "'";
   COMBO_CHECK(dict.count("checkpoint.version"), src,
               " is not a training checkpoint (no 'checkpoint.version' key); plain model weights "
@@ -388,6 +420,27 @@ TrainingState Checkpointer::load(const std::string& file, bool restore_rng) cons
   state.config_text = tensor_to_string(require(dict, "config", src));
   spdlog::info("checkpoint: loaded {} (iteration {})", file, state.iteration);
   return state;
+}
+
+int64_t Checkpointer::remove_stale_temporaries() const {
+  static const std::regex re(R"(.+\.tmp\.(\d+))");
+  int64_t removed = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(options_.output_dir, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!std::regex_match(name, m, re)) continue;
+    const auto pid = static_cast<pid_t>(std::stoll(m[1]));
+    // A live process other than this one may still be writing it.
+    if (pid == ::getpid() || (::kill(pid, 0) == 0 || errno == EPERM)) continue;
+    std::error_code rec;
+    if (fs::remove(e.path(), rec)) {
+      spdlog::info("checkpoint: removed {}, left by a process that stopped while writing it",
+                   e.path().string());
+      ++removed;
+    }
+  }
+  return removed;
 }
 
 std::optional<std::string> Checkpointer::last_checkpoint() const {

@@ -342,6 +342,7 @@ std::vector<FieldInfo> config_fields(Config& c) {
       field("solver.checkpoint_period", s.checkpoint_period),
       field("solver.keep_last", s.keep_last),
       field("solver.log_period", s.log_period),
+      field("solver.non_finite", s.non_finite, {"stop", "skip"}),
       field("solver.clip_gradients.enabled", s.clip_gradients.enabled),
       field("solver.clip_gradients.type", s.clip_gradients.type, {"full_model", "norm", "value"}),
       field("solver.clip_gradients.value", s.clip_gradients.value),

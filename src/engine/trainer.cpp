@@ -144,6 +144,7 @@ TrainerOptions trainer_options_from_config(const Config& config) {
   o.keep_last = config.solver.keep_last;
   o.eval_period = config.test.eval_period;
   o.log_period = config.solver.log_period;
+  o.non_finite = config.solver.non_finite;
   o.optimizer = optimizer_options_from_config(config);
   o.schedule = lr_schedule_options_from_config(config);
   o.clip = grad_clip_options_from_config(config);
@@ -272,12 +273,15 @@ std::string Trainer::save_periodic(int64_t iteration, const BatchSource& source)
 ResumeState Trainer::resume_or_load(bool resume) {
   ResumeState r;
   if (!resume) return r;
-  auto last = checkpointer_->last_checkpoint();
-  if (!last) {
+  if (is_main()) checkpointer_->remove_stale_temporaries();
+  auto intact = checkpointer_->read_latest_intact();
+  if (!intact) {
     spdlog::info("resume: no checkpoint in {}, starting from iteration 0", options_.output_dir);
     return r;
   }
-  TrainingState s = checkpointer_->load(*last, /*restore_rng=*/true);
+  const std::optional<std::string> last = intact->first;
+  TrainingState s = checkpointer_->load(intact->second, *last, /*restore_rng=*/true);
+  intact.reset();  // the dict's tensors are copied into the model and optimizer
   r.resumed = true;
   r.start_iter = s.iteration + 1;
   r.loader_position = s.loader_position;
@@ -326,8 +330,16 @@ ResumeState Trainer::resume_or_load(bool resume) {
   // metric may be newer in model_best.pth.
   const std::string best_key = "best_" + options_.best_metric;
   const std::string best_file = checkpointer_->path("model_best.pth");
+  TensorDict best;
   if (fs::exists(best_file)) {
-    const TensorDict best = load_state_dict(best_file);
+    try {
+      best = load_state_dict(best_file);
+    } catch (const Error& e) {
+      spdlog::warn("resume: {} cannot be read, its best metric is not used: {}", best_file,
+                   e.what());
+    }
+  }
+  if (!best.empty()) {
     auto it = best.find("metrics." + best_key);
     auto iit = best.find("metrics.best_iteration");
     if (it != best.end() &&
@@ -559,7 +571,23 @@ TrainResult Trainer::run(BatchSource& loader_source, int64_t start_iter) {
       }
       for (const auto& [k, v] : pending_eval_) r.extra[k] = v;
       pending_eval_.clear();
-      for (const auto& w : writers) w->write(r);
+      try {
+        for (const auto& w : writers) w->write(r);
+      } catch (const std::exception& e) {
+        // Disk full (or the folder gone): keep what the run has, if it still fits, then stop.
+        std::string kept;
+        try {
+          // (Several processes: the checkpoint is a collective the other ranks are not in.)
+          COMBO_CHECK(!group_, "no checkpoint is written by one rank alone");
+          if (last_saved_iteration_ != t) result.checkpoint = save_periodic(t, source);
+          kept = "checkpoint " + result.checkpoint + " holds iteration " + std::to_string(t + 1);
+        } catch (const std::exception& ce) {
+          kept = std::string("the checkpoint could not be written either: ") + ce.what();
+        }
+        throw Error(str_cat("training stopped after iteration ", t + 1,
+                            ": the metrics could not be written: ", e.what(), "; ", kept,
+                            "; continue with --resume once there is space"));
+      }
       window.reset();
     }
 

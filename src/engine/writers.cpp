@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -90,9 +91,11 @@ void JsonlWriter::write(const MetricsRecord& r) {
   j["data_time"] = number(r.data_time);
   if (r.eta_seconds >= 0) j["eta_seconds"] = number(r.eta_seconds);
   for (const auto& [k, v] : r.extra) j[k] = number(v);
+  errno = 0;
   out_ << j.dump() << '\n';
   out_.flush();
-  COMBO_CHECK(out_.good(), "JsonlWriter: writing '", path_, "' failed");
+  COMBO_CHECK(out_.good(), "cannot write '", path_, "': ",
+              errno ? std::strerror(errno) : "write failed (disk full?)");
 }
 
 void JsonlWriter::flush() { out_.flush(); }

@@ -103,6 +103,20 @@ class Checkpointer {
   /// checkpointer has one and the file holds optimizer keys) and, when `restore_rng`, the
   /// generators. Returns the rest. Errors name the file.
   TrainingState load(const std::string& path, bool restore_rng = true) const;
+  /// The same from a dict already read from `path` (see read_latest_intact).
+  TrainingState load(const TensorDict& dict, const std::string& path,
+                     bool restore_rng = true) const;
+
+  /// For --resume: the newest checkpoint that reads intact, read. Candidates: the file
+  /// `last_checkpoint` points to, then the periodic checkpoints newest first. A damaged or
+  /// truncated candidate (integrity check of the zip records, unreadable pickle) is skipped with
+  /// a warning naming it and the reason. Returns nullopt when there is no candidate; throws
+  /// combo::Error listing every candidate and its problem when none is intact.
+  std::optional<std::pair<std::string, TensorDict>> read_latest_intact() const;
+
+  /// Removes the temporary files (`<name>.tmp.<pid>`) that a killed process left in the output
+  /// folder (their process is gone); returns how many. Called by resume.
+  int64_t remove_stale_temporaries() const;
 
   /// The file `last_checkpoint` points to, if the pointer and the file exist.
   std::optional<std::string> last_checkpoint() const;

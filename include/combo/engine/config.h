@@ -189,6 +189,9 @@ struct SolverConfig {
   int64_t checkpoint_period = 5000;
   int64_t keep_last = 3;
   int64_t log_period = 20;  ///< iterations per metrics line (losses are read from the device then)
+  /// A NaN or infinite loss: stop (error naming the iteration and the loss terms; the last
+  /// checkpoint stays) | skip (no update; counted, logged and in metrics.jsonl).
+  std::string non_finite = "stop";
   ClipGradientsConfig clip_gradients;
   AmpConfig amp;
 };
