@@ -175,6 +175,17 @@ class FaultRun : public ::testing::Test {
            " solver.max_iter=" + std::to_string(max_iter);
   }
 
+  // An interrupted run to resume: combo-train in `run` until it kills itself inside the n-th
+  // checkpoint file it writes. Returns false (with a test failure) when it did not.
+  bool run_until_killed_in_write(const fs::path& run, int64_t max_iter, int n) const {
+    fs::create_directories(run);
+    const fs::path log = dir.path() / "killed.log";
+    const Exit e = wait_exit(
+        spawn(train(run, max_iter), log, {{{"COMBO_FAULT_KILL_IN_WRITE", std::to_string(n)}}, 0}));
+    EXPECT_EQ(e.signal, SIGKILL) << read_text(log);
+    return e.signal == SIGKILL;
+  }
+
   // The weights of an uninterrupted run of `max_iter` iterations.
   combo::TensorDict reference_weights(int64_t max_iter) {
     const auto r = run_shell(train(reference, max_iter, false));
@@ -294,17 +305,14 @@ TEST_F(FaultTorture, DiskFullDuringACheckpointNamesTheFileKeepsThePreviousAndRes
   write_config(2);
   const auto expected = reference_weights(max_iter);
   const fs::path run = dir.path() / "run";
-  fs::create_directories(run);
   // Killed while writing its second checkpoint: model_0000001.pth is the newest.
-  Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "a.log",
-                           {{{"COMBO_FAULT_KILL_IN_WRITE", "2"}}, 0}));
-  ASSERT_EQ(e.signal, SIGKILL) << read_text(dir.path() / "a.log");
+  ASSERT_TRUE(run_until_killed_in_write(run, max_iter, 2));
   const fs::path previous = run / "model_0000001.pth";
   ASSERT_TRUE(fs::exists(previous));
   const std::string previous_bytes = read_bytes(previous);
   const std::string pointer = read_text(run / "last_checkpoint");
   // The disk "fills": no file may grow beyond half a checkpoint.
-  e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log",
+  Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log",
                       {{}, static_cast<int64_t>(previous_bytes.size() / 2)}));
   const std::string out = read_text(dir.path() / "b.log");
   ASSERT_TRUE(e.exited) << out;
@@ -328,14 +336,11 @@ TEST_F(FaultTorture, DiskFullWhileWritingTheMetricsKeepsACheckpointAndResumes) {
   write_config(2);
   const auto expected = reference_weights(max_iter);
   const fs::path run = dir.path() / "run";
-  fs::create_directories(run);
-  Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "a.log",
-                           {{{"COMBO_FAULT_KILL_IN_WRITE", "2"}}, 0}));
-  ASSERT_EQ(e.signal, SIGKILL) << read_text(dir.path() / "a.log");
+  ASSERT_TRUE(run_until_killed_in_write(run, max_iter, 2));
   // Every write to the metrics now fails with ENOSPC.
   fs::remove(run / "metrics.jsonl");
   fs::create_symlink("/dev/full", run / "metrics.jsonl");
-  e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log"));
+  Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log"));
   const std::string out = read_text(dir.path() / "b.log");
   ASSERT_TRUE(e.exited) << out;
   EXPECT_NE(e.code, 0) << out;
@@ -359,17 +364,14 @@ TEST_F(FaultTorture, DamagedLatestCheckpointsFallBackToTheNewestIntactOne) {
   write_config(2);
   const auto expected = reference_weights(max_iter);
   const fs::path run = dir.path() / "run";
-  fs::create_directories(run);
   // Checkpoints of iterations 1, 3, 5; killed while writing the fourth.
-  Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "a.log",
-                           {{{"COMBO_FAULT_KILL_IN_WRITE", "4"}}, 0}));
-  ASSERT_EQ(e.signal, SIGKILL) << read_text(dir.path() / "a.log");
+  ASSERT_TRUE(run_until_killed_in_write(run, max_iter, 4));
   for (const char* f : {"model_0000001.pth", "model_0000003.pth", "model_0000005.pth"})
     ASSERT_TRUE(fs::exists(run / f)) << f;
   // The newest has a changed byte inside its tensor data, the one before it is truncated.
   flip_byte(run / "model_0000005.pth", 0.5);
   fs::resize_file(run / "model_0000003.pth", fs::file_size(run / "model_0000003.pth") / 2);
-  e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log"));
+  const Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log"));
   const std::string out = read_text(dir.path() / "b.log");
   ASSERT_TRUE(e.exited && e.code == 0) << out;
   for (const char* f : {"model_0000005.pth", "model_0000003.pth"})
