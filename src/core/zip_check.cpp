@@ -154,8 +154,8 @@ bool looks_like_zip(const void* data, size_t size) {
 
 ZipSummary verify_torch_zip(const void* data, size_t size, const std::string& source) {
   const Reader r(static_cast<const uint8_t*>(data), size, source);
-  COMBO_CHECK(size >= kEndSize, r.fail("too short for a zip archive (" + std::to_string(size) +
-                                       " bytes)"));
+  COMBO_CHECK(size >= kEndSize,
+              r.fail("too short for a zip archive (" + std::to_string(size) + " bytes)"));
   // The end record: PyTorch writes no archive comment, but a comment is allowed if it ends the
   // file exactly. A truncated file has no end record at all.
   uint64_t end_at = 0;
@@ -180,16 +180,14 @@ ZipSummary verify_torch_zip(const void* data, size_t size, const std::string& so
   // Zip64: a locator right before the end record points to the zip64 end record.
   if (end_at >= kZip64LocatorSize && r.u32(end_at - kZip64LocatorSize) == kZip64LocatorSig) {
     const uint64_t loc = end_at - kZip64LocatorSize;
-    COMBO_CHECK(r.u32(loc + 4) == 0 && r.u32(loc + 16) == 1,
-                r.fail("a multi-disk zip64 locator"));
+    COMBO_CHECK(r.u32(loc + 4) == 0 && r.u32(loc + 16) == 1, r.fail("a multi-disk zip64 locator"));
     const uint64_t z = r.u64(loc + 8);
     r.need(z, 56, "the zip64 end record");
     COMBO_CHECK(r.u32(z) == kZip64EndSig, r.fail("no zip64 end record where the locator points"));
     const uint64_t record_size = r.u64(z + 4);
     COMBO_CHECK(record_size >= 44 && z + 12 + record_size == loc,
                 r.fail("the zip64 end record does not end at its locator"));
-    COMBO_CHECK(r.u32(z + 16) == 0 && r.u32(z + 20) == 0,
-                r.fail("a multi-disk zip64 end record"));
+    COMBO_CHECK(r.u32(z + 16) == 0 && r.u32(z + 20) == 0, r.fail("a multi-disk zip64 end record"));
     const uint64_t entries64 = r.u64(z + 32);
     COMBO_CHECK(r.u64(z + 24) == entries64, r.fail("inconsistent zip64 entry counts"));
     auto pick = [&](uint64_t small, uint64_t saturated, uint64_t wide, const char* what) {
@@ -232,29 +230,29 @@ ZipSummary verify_torch_zip(const void* data, size_t size, const std::string& so
                 r.fail("central directory entry " + std::to_string(i) + " overruns it"));
     e.name.assign(reinterpret_cast<const char*>(r.ptr(at + kCentralHeaderSize)), name_len);
     COMBO_CHECK(disk == 0 || disk == 0xFFFF, r.fail("entry '" + e.name + "' on another disk"));
-    apply_zip64_extra(r, at + kCentralHeaderSize + name_len, extra_len, e,
-                      e.usize == 0xFFFFFFFFu, e.csize == 0xFFFFFFFFu, e.offset == 0xFFFFFFFFu);
+    apply_zip64_extra(r, at + kCentralHeaderSize + name_len, extra_len, e, e.usize == 0xFFFFFFFFu,
+                      e.csize == 0xFFFFFFFFu, e.offset == 0xFFFFFFFFu);
     at = next;
 
     // The local header repeats the central entry.
     const std::string rec = "record '" + e.name + "'";
     r.need(e.offset, kLocalHeaderSize, rec + "'s header");
     COMBO_CHECK(r.u32(e.offset) == kLocalSig, r.fail(rec + " has no local header"));
-    COMBO_CHECK(r.u16(e.offset + 4) == e.version && r.u16(e.offset + 6) == e.flags && r.u16(e.offset + 8) == e.method &&
-                    r.u16(e.offset + 10) == e.time && r.u16(e.offset + 12) == e.date,
+    COMBO_CHECK(r.u16(e.offset + 4) == e.version && r.u16(e.offset + 6) == e.flags &&
+                    r.u16(e.offset + 8) == e.method && r.u16(e.offset + 10) == e.time &&
+                    r.u16(e.offset + 12) == e.date,
                 r.fail(rec + ": the local header and the central directory disagree"));
     const uint16_t lname = r.u16(e.offset + 26), lextra = r.u16(e.offset + 28);
     r.need(e.offset + kLocalHeaderSize, uint64_t{lname} + lextra, rec + "'s header");
-    COMBO_CHECK(lname == name_len && std::memcmp(r.ptr(e.offset + kLocalHeaderSize),
-                                                 e.name.data(), name_len) == 0,
+    COMBO_CHECK(lname == name_len &&
+                    std::memcmp(r.ptr(e.offset + kLocalHeaderSize), e.name.data(), name_len) == 0,
                 r.fail(rec + ": the local header names another record"));
     const bool descriptor = (e.flags & 0x8) != 0;
     if (descriptor) {
       // The values follow the data; the local fields are zero (PyTorch) or repeat them.
       const uint32_t lc = r.u32(e.offset + 14), lcs = r.u32(e.offset + 18),
                      lus = r.u32(e.offset + 22);
-      COMBO_CHECK((lc == 0 || lc == e.crc) &&
-                      (lcs == 0 || lcs == e.csize || lcs == 0xFFFFFFFFu) &&
+      COMBO_CHECK((lc == 0 || lc == e.crc) && (lcs == 0 || lcs == e.csize || lcs == 0xFFFFFFFFu) &&
                       (lus == 0 || lus == e.usize || lus == 0xFFFFFFFFu),
                   r.fail(rec + ": the local header and the central directory disagree on its "
                                "size or CRC-32"));
@@ -266,8 +264,7 @@ ZipSummary verify_torch_zip(const void* data, size_t size, const std::string& so
       const bool us = local.usize == 0xFFFFFFFFu, cs = local.csize == 0xFFFFFFFFu;
       if (us || cs) {
         // The local zip64 field holds both sizes.
-        apply_zip64_extra(r, e.offset + kLocalHeaderSize + lname, lextra, local, true, true,
-                          false);
+        apply_zip64_extra(r, e.offset + kLocalHeaderSize + lname, lextra, local, true, true, false);
       }
       COMBO_CHECK(local.crc == e.crc && local.csize == e.csize && local.usize == e.usize,
                   r.fail(rec + ": the local header and the central directory disagree on its "

@@ -2,8 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
-#include <spdlog/spdlog.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 #include <torch/cuda.h>
 #include <torch/optim/adamw.h>
@@ -357,8 +357,8 @@ std::optional<std::pair<std::string, TensorDict>> Checkpointer::read_latest_inta
   if (auto last = last_checkpoint()) candidates.push_back(*last);
   auto periodic = periodic_checkpoints();
   if (candidates.empty() && !periodic.empty())
-    spdlog::warn("resume: {} is missing; using the periodic checkpoints in {}",
-                 path(kPointerFile), options_.output_dir);
+    spdlog::warn("resume: {} is missing; using the periodic checkpoints in {}", path(kPointerFile),
+                 options_.output_dir);
   for (auto it = periodic.rbegin(); it != periodic.rend(); ++it)
     if (candidates.empty() || fs::path(*it) != fs::path(candidates.front()))
       candidates.push_back(*it);

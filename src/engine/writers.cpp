@@ -94,8 +94,8 @@ void JsonlWriter::write(const MetricsRecord& r) {
   errno = 0;
   out_ << j.dump() << '\n';
   out_.flush();
-  COMBO_CHECK(out_.good(), "cannot write '", path_, "': ",
-              errno ? std::strerror(errno) : "write failed (disk full?)");
+  COMBO_CHECK(out_.good(), "cannot write '", path_,
+              "': ", errno ? std::strerror(errno) : "write failed (disk full?)");
 }
 
 void JsonlWriter::flush() { out_.flush(); }

@@ -112,8 +112,8 @@ TEST(ZipCheckTest, EveryChangedByteThatMattersIsRefusedNamingTheFile) {
     bad[i] ^= 0x20;
     try {
       combo::verify_torch_zip(bad.data(), bad.size(), path);
-      EXPECT_TRUE(unchecked.count(i)) << "a changed byte at offset " << i << " of "
-                                      << good.size() << " passed the check";
+      EXPECT_TRUE(unchecked.count(i))
+          << "a changed byte at offset " << i << " of " << good.size() << " passed the check";
       ++passed_unchecked;
     } catch (const combo::Error& e) {
       ++refused;
@@ -165,11 +165,10 @@ TEST(ZipCheckTest, LegacyFilesWarnThatTheyCarryNoChecksums) {
   TempDir dir;
   const auto path = dir.file("legacy.pth");
   // The legacy torch.save stream starts with a pickled magic number, not "PK".
-  write_bytes(path, {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8,
-                     0x50, 0x19, 0x2e});
+  write_bytes(path, {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50,
+                     0x19, 0x2e});
   std::vector<std::string> warnings;
-  auto previous = combo::set_warning_handler(
-      [&](const std::string& m) { warnings.push_back(m); });
+  auto previous = combo::set_warning_handler([&](const std::string& m) { warnings.push_back(m); });
   try {
     combo::load_state_dict(path);
   } catch (const std::exception&) {

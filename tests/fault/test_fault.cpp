@@ -1,7 +1,8 @@
-// Faults, with nothing lost (CTest label fault; the FaultTorture suite also torture): combo-train killed with SIGKILL at many moments
-// (some inside a checkpoint write), disk full while a checkpoint or the metrics are written, a
-// damaged latest checkpoint, damaged weights given to the tools, non-finite losses. Each run is
-// resumed and must end with the weights of an uninterrupted run, bit for bit (CPU).
+// Faults, with nothing lost (CTest label fault; the FaultTorture suite also torture): combo-train
+// killed with SIGKILL at many moments (some inside a checkpoint write), disk full while a
+// checkpoint or the metrics are written, a damaged latest checkpoint, damaged weights given to the
+// tools, non-finite losses. Each run is resumed and must end with the weights of an uninterrupted
+// run, bit for bit (CPU).
 //
 // Runs the real executables on the in-memory synthetic task (no data files), a tiny model at
 // one thread. COMBO_FAULT_KILL_IN_WRITE=<n> (src/core/state_dict.cpp) makes combo-train kill
@@ -290,9 +291,9 @@ TEST_F(FaultTorture, KilledAtTwentyOneMomentsResumesToTheWeightsOfAnUnbrokenRun)
   }
   EXPECT_TRUE(temporaries(run).empty()) << "a resume leaves no temporary behind";
   std::cout << "[ INFO ] kills " << kills << " (" << kills_in_write
-            << " inside a checkpoint write), resumes " << resumes
-            << ", iterations lost at most " << max_lost << " (checkpoint period " << period
-            << "), damaged checkpoints read " << corrupt_reads << "\n";
+            << " inside a checkpoint write), resumes " << resumes << ", iterations lost at most "
+            << max_lost << " (checkpoint period " << period << "), damaged checkpoints read "
+            << corrupt_reads << "\n";
   EXPECT_GE(kills, 20);
   EXPECT_GE(kills_in_write, 5);
   EXPECT_LE(max_lost, period);
@@ -313,7 +314,7 @@ TEST_F(FaultTorture, DiskFullDuringACheckpointNamesTheFileKeepsThePreviousAndRes
   const std::string pointer = read_text(run / "last_checkpoint");
   // The disk "fills": no file may grow beyond half a checkpoint.
   Exit e = wait_exit(spawn(train(run, max_iter), dir.path() / "b.log",
-                      {{}, static_cast<int64_t>(previous_bytes.size() / 2)}));
+                           {{}, static_cast<int64_t>(previous_bytes.size() / 2)}));
   const std::string out = read_text(dir.path() / "b.log");
   ASSERT_TRUE(e.exited) << out;
   EXPECT_NE(e.code, 0) << out;
@@ -344,8 +345,7 @@ TEST_F(FaultTorture, DiskFullWhileWritingTheMetricsKeepsACheckpointAndResumes) {
   const std::string out = read_text(dir.path() / "b.log");
   ASSERT_TRUE(e.exited) << out;
   EXPECT_NE(e.code, 0) << out;
-  EXPECT_NE(out.find("cannot write '" + (run / "metrics.jsonl").string() + "'"),
-            std::string::npos)
+  EXPECT_NE(out.find("cannot write '" + (run / "metrics.jsonl").string() + "'"), std::string::npos)
       << out;
   EXPECT_NE(out.find("No space left on device"), std::string::npos) << out;
   // What the run had is kept: the iteration whose metrics failed is checkpointed.
@@ -377,8 +377,7 @@ TEST_F(FaultTorture, DamagedLatestCheckpointsFallBackToTheNewestIntactOne) {
   for (const char* f : {"model_0000005.pth", "model_0000003.pth"})
     EXPECT_NE(out.find((run / f).string() + " cannot be used"), std::string::npos) << f << out;
   EXPECT_NE(out.find("CRC-32 mismatch"), std::string::npos) << out;
-  EXPECT_NE(out.find("falling back to " + (run / "model_0000001.pth").string()),
-            std::string::npos)
+  EXPECT_NE(out.find("falling back to " + (run / "model_0000001.pth").string()), std::string::npos)
       << out;
   EXPECT_NE(out.find("resume: continuing at iteration 2"), std::string::npos) << out;
   EXPECT_TRUE(bitwise_equal(model_weights(run / "model_final.pth"), expected));
@@ -391,8 +390,8 @@ TEST_F(Fault, ToolsRefuseDamagedWeightsNamingThemAndKeepEarlierResults) {
   ASSERT_EQ(r.status, 0) << r.output;
   const fs::path weights = run / "model_final.pth";
   const fs::path eval_dir = dir.path() / "eval";
-  const std::string eval = tool_path("combo-eval") + " --config " + cfg.string() +
-                           " --out " + eval_dir.string() + " --weights ";
+  const std::string eval = tool_path("combo-eval") + " --config " + cfg.string() + " --out " +
+                           eval_dir.string() + " --weights ";
   r = run_shell(eval + weights.string());
   ASSERT_EQ(r.status, 0) << r.output;
   const std::string results = read_bytes(eval_dir / "metrics.json");
@@ -407,14 +406,12 @@ TEST_F(Fault, ToolsRefuseDamagedWeightsNamingThemAndKeepEarlierResults) {
   flip_byte(weights, 0.6);
   r = run_shell(eval + weights.string() + " --overwrite");
   EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("'" + weights.string() + "' is damaged or truncated"),
-            std::string::npos)
+  EXPECT_NE(r.output.find("'" + weights.string() + "' is damaged or truncated"), std::string::npos)
       << r.output;
   EXPECT_EQ(read_bytes(eval_dir / "metrics.json"), results);
   r = run_shell(train(dir.path() / "finetune", 1, false) + " model.weights=" + weights.string());
   EXPECT_NE(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("'" + weights.string() + "' is damaged or truncated"),
-            std::string::npos)
+  EXPECT_NE(r.output.find("'" + weights.string() + "' is damaged or truncated"), std::string::npos)
       << r.output;
 }
 

@@ -31,9 +31,9 @@ bool looks_like_zip(const void* data, size_t size);
 
 /// What verify_torch_zip found.
 struct ZipSummary {
-  int64_t records = 0;          ///< entries in the central directory
-  int64_t verified_bytes = 0;   ///< record bytes whose CRC-32 was checked
-  int64_t unverified = 0;       ///< compressed records (their CRC is not checked)
+  int64_t records = 0;         ///< entries in the central directory
+  int64_t verified_bytes = 0;  ///< record bytes whose CRC-32 was checked
+  int64_t unverified = 0;      ///< compressed records (their CRC is not checked)
 };
 
 /// Checks the archive as described above. Throws combo::Error naming `source` (the file), the
