@@ -17,40 +17,12 @@
 #include "combo/engine/device_setup.h"
 #include "combo/engine/distributed.h"
 #include "combo/engine/evaluation.h"
+#include "combo/engine/loader_source.h"
 #include "combo/engine/logging.h"
 #include "combo/engine/tool.h"
 #include "combo/engine/trainer.h"
 
 namespace fs = std::filesystem;
-
-namespace {
-
-/// The data loader as the trainer's batch source: collated videos plus their targets.
-class LoaderSource : public combo::engine::BatchSource {
- public:
-  LoaderSource(combo::data::DataLoader& loader, combo::loss::DatasetKind kind)
-      : loader_(loader), kind_(kind) {}
-  combo::engine::TrainBatch next() override {
-    auto batch = loader_.next();
-    COMBO_CHECK(batch.has_value(), "the training loader ended (it should be infinite)");
-    auto t = combo::data::make_targets(*batch, kind_, /*train=*/true);
-    combo::engine::TrainBatch out;
-    out.inputs = std::move(batch->inputs);
-    out.targets = std::move(t.targets);
-    out.layout = std::move(t.layout);
-    return out;
-  }
-  std::pair<int64_t, int64_t> position() const override {
-    const auto p = loader_.position();
-    return {p.epoch, p.batch};
-  }
-
- private:
-  combo::data::DataLoader& loader_;
-  combo::loss::DatasetKind kind_;
-};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   combo::engine::prefer_passive_openmp(argc, argv);
@@ -181,7 +153,7 @@ int main(int argc, char** argv) {
       });
     }
 
-    LoaderSource source(loader, kind);
+    combo::engine::LoaderSource source(loader, kind);
     const auto result = trainer.run(source, start.start_iter);
     if (loader.skipped() > 0)
       spdlog::warn("{} bad video(s) were skipped during training (data.skip_bad)",

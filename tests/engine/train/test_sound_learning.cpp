@@ -23,6 +23,7 @@
 #include "combo/engine/config.h"
 #include "combo/engine/data_setup.h"
 #include "combo/engine/evaluation.h"
+#include "combo/engine/loader_source.h"
 #include "combo/engine/trainer.h"
 #include "testing/testing.h"
 
@@ -30,30 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace combo;
-
-// The data loader as the trainer's batch source (as combo-train feeds it).
-class LoaderSource : public engine::BatchSource {
- public:
-  LoaderSource(data::DataLoader& loader, loss::DatasetKind kind) : loader_(loader), kind_(kind) {}
-  engine::TrainBatch next() override {
-    auto batch = loader_.next();
-    COMBO_CHECK(batch.has_value(), "the training loader ended");
-    auto t = data::make_targets(*batch, kind_, /*train=*/true);
-    engine::TrainBatch out;
-    out.inputs = std::move(batch->inputs);
-    out.targets = std::move(t.targets);
-    out.layout = std::move(t.layout);
-    return out;
-  }
-  std::pair<int64_t, int64_t> position() const override {
-    const auto p = loader_.position();
-    return {p.epoch, p.batch};
-  }
-
- private:
-  data::DataLoader& loader_;
-  loss::DatasetKind kind_;
-};
 
 // The task and the model. Two sound classes drawn flat (one colour per class) and large at 32 px,
 // so every clip shows one object of each class, one of them sounding: what is seen says which
@@ -142,7 +119,7 @@ RunResult train_and_evaluate(const engine::Config& cfg) {
   });
   auto train_set = engine::build_dataset(cfg, cfg.data.train_split, /*train=*/true);
   data::DataLoader loader(train_set, engine::train_loader_options(cfg));
-  LoaderSource source(loader, kind);
+  engine::LoaderSource source(loader, kind);
   trainer.run(source);
 
   auto val_set = engine::build_dataset(cfg, cfg.data.val_split, /*train=*/false);
